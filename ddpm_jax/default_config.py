@@ -1,0 +1,70 @@
+"""The base ``ml_collections`` config every file in ``configs/`` overrides (grouped like a paper's hyperparameter table)."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
+    c.data.split = "train"
+    c.data.data_dir = ""          # IDX folder or TFDS data_dir; "" = the dataset's default location
+    c.data.image_size = 8         # images are nearest-upsampled or centre-padded to this size
+    c.data.random_flip = False
+
+    c.model = ml_collections.ConfigDict()
+    c.model.ch = 64
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 2
+    c.model.attn_resolutions = (4,)
+    c.model.dropout = 0.0
+    c.model.num_groups = 32
+    c.model.num_heads = 1
+    c.model.class_conditional = False
+    c.model.dtype = "float32"
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.schedule = "linear"   # linear | cosine | scaled_linear (ddpm_jax.diffusion.register_schedule adds more)
+    c.diffusion.num_timesteps = 1000
+    c.diffusion.prediction_type = "eps"  # eps | x0 | v
+    c.diffusion.loss_weighting = "none"  # none (L_simple) | min_snr
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.warmup_steps = 100
+    c.optim.decay = "constant"
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+    c.optim.ema_decay = 0.999
+
+    c.training = ml_collections.ConfigDict()
+    c.training.batch_size = 128       # global batch, split over all devices and processes
+    c.training.num_steps = 1000
+    c.training.log_every = 50
+    c.training.checkpoint_every = 500
+    c.training.keep_checkpoints = 3
+    c.training.async_checkpointing = True
+    c.training.sample_every = 0       # 0: only at the end
+    c.training.cond_drop_prob = 0.0   # classifier-free guidance: probability of the null label
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver_pp_2m
+    c.sampling.num_steps = 50         # 0: the sampler's default (ddpm: all T steps)
+    c.sampling.eta = 0.0
+    c.sampling.variance = "fixed_small"
+    c.sampling.clip_x0 = 1.0          # clip x0 estimates to [-1, 1]; None to disable
+    c.sampling.dynamic_threshold = ml_collections.config_dict.placeholder(float)  # e.g. 0.995 (Imagen)
+    c.sampling.guidance_scale = 1.0
+    c.sampling.num_grid = 64
+    c.sampling.batch_size = 64
+    c.sampling.seed = 0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                  # -1: all devices not used by fsdp
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_size = 2**14      # arrays smaller than this stay replicated
+    return c

@@ -1,0 +1,44 @@
+"""Command line: ``python -m ddpm_jax.main --config=configs/NAME.py --workdir=DIR [--mode=train|sample]``.
+
+Config values are overridden with ``--config.training.num_steps=100`` etc. Re-running ``train`` in the same workdir
+resumes from the latest checkpoint. ``sample`` writes ``--num_samples`` images (PNG grid + uint8 .npz) from the EMA
+parameters of the latest checkpoint; sampler and steps come from ``--config.sampling.*``.
+"""
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (resumes if the workdir has checkpoints) or sample.")
+flags.DEFINE_integer("num_samples", 64, "sample mode: number of images.")
+flags.DEFINE_bool("ema", True, "sample mode: use the EMA parameters.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    for noisy in ("absl", "jax", "orbax", "absl.logging"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv):
+    del argv
+    setup_logging()
+    from ddpm_jax.training import loop  # after flag parsing: importing JAX is slow
+
+    if FLAGS.mode == "train":
+        loop.train(FLAGS.config, FLAGS.workdir)
+    else:
+        loop.sample(FLAGS.config, FLAGS.workdir, FLAGS.num_samples, use_ema=FLAGS.ema)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,26 @@
+"""Build models from ``config.model`` (plain data in, module out; no class names as strings)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ddpm_jax.models.unet import UNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def unet_from_config(model_config, num_classes: int | None = None) -> UNet:
+    """The U-Net denoiser; class-conditional when ``model_config.class_conditional`` and ``num_classes`` is known."""
+    conditional = model_config.get("class_conditional", False)
+    if conditional and not num_classes:
+        raise ValueError("model.class_conditional needs a dataset with labels (num_classes > 0)")
+    return UNet(
+        ch=model_config.ch,
+        ch_mult=tuple(model_config.ch_mult),
+        num_res_blocks=model_config.num_res_blocks,
+        attn_resolutions=tuple(model_config.attn_resolutions),
+        dropout=model_config.dropout,
+        num_classes=num_classes if conditional else None,
+        num_heads=model_config.get("num_heads", 1),
+        num_groups=model_config.get("num_groups", 32),
+        dtype=DTYPES[model_config.get("dtype", "float32")],
+    )

@@ -1,0 +1,132 @@
+"""The DDPM / ADM U-Net denoiser (Ho et al. 2020, Appendix B; Dhariwal & Nichol 2021), NHWC.
+
+With the defaults and a 32x32x3 input this is exactly the DDPM CIFAR-10 network (35,746,307 parameters), the same
+network as diffusers' `UNet2DModel` for `google/ddpm-cifar10-32`; `ddpm_jax.models.convert` maps its weights here.
+Optional extras: class conditioning with a null label (classifier-free guidance, Ho & Salimans 2022) and
+cross-attention to a token sequence (LDM / Imagen text conditioning).
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ddpm_jax.models.layers import (AttnBlock, CrossAttnBlock, Downsample, ResBlock, Upsample, conv3x3,
+                                    default_init, group_norm, timestep_embedding, zero_init)
+
+
+class TimeEmbedding(nn.Module):
+    """temb = Dense(SiLU(Dense(sinusoid(t)))) with widths ch -> 4ch -> 4ch (DDPM)."""
+    ch: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        emb = timestep_embedding(t, self.ch).astype(self.dtype)
+        emb = nn.Dense(4 * self.ch, kernel_init=default_init, dtype=self.dtype, name="dense_0")(emb)
+        return nn.Dense(4 * self.ch, kernel_init=default_init, dtype=self.dtype, name="dense_1")(nn.silu(emb))
+
+
+class UNet(nn.Module):
+    """DDPM U-Net: `num_res_blocks` ResBlocks per level (+ self-attention at `attn_resolutions`), a
+    ResBlock-Attn-ResBlock middle, and a mirrored up path of `num_res_blocks + 1` ResBlocks eating skip connections.
+
+    Call: `x` [B, H, W, C] float, `t` [B] (or scalar) DDPM time indices in [0, T), possibly fractional; `y` [B] int
+    labels where `num_classes` means "no label" (None = all null); `context` [B, L, context_dim] with optional
+    `context_mask` [B, L] bool. Returns [B, H, W, out_channels] float32.
+    """
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)  # feature-map heights that get self-attention
+    dropout: float = 0.1
+    out_channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    context_dim: Optional[int] = None
+    num_heads: int = 1
+    num_groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, y: Optional[jnp.ndarray] = None,
+                 context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None, *,
+                 train: bool = False) -> jnp.ndarray:
+        self._check_inputs(x, y, context, context_mask)
+        temb = self._embed(x.shape[0], t, y)
+        cond = dict(temb=temb, context=context, context_mask=context_mask, train=train)
+        h = conv3x3(self.ch * self.ch_mult[0], self.dtype, "conv_in")(x.astype(self.dtype))
+        h, skips = self._down(h, cond)
+        h = self._middle(h, cond)
+        h = self._up(h, skips, cond)
+        h = nn.silu(group_norm(self.num_groups, self.dtype, "norm_out")(h))
+        out_ch = self.out_channels or x.shape[-1]
+        return conv3x3(out_ch, self.dtype, "conv_out", kernel_init=zero_init)(h).astype(jnp.float32)
+
+    def _check_inputs(self, x, y, context, context_mask) -> None:
+        """Fail early on inputs that do not fit this configuration."""
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"UNet with {len(self.ch_mult)} levels needs H, W divisible by {factor}, got {x.shape}")
+        if y is not None and self.num_classes is None:
+            raise ValueError("labels y were given but UNet.num_classes is None")
+        if (context is None) != (self.context_dim is None):
+            raise ValueError(f"context must be given exactly when context_dim is set (context_dim={self.context_dim})")
+        if context_mask is not None and context is None:
+            raise ValueError("context_mask was given without context")
+
+    def _embed(self, batch: int, t: jnp.ndarray, y: Optional[jnp.ndarray]) -> jnp.ndarray:
+        """Timestep embedding, plus a learned class embedding (row `num_classes` is the null label)."""
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+        temb = TimeEmbedding(self.ch, self.dtype, name="time_embed")(t)
+        if self.num_classes is not None:
+            if y is None:
+                y = jnp.full((batch,), self.num_classes, jnp.int32)
+            temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embed")(y)
+        return temb
+
+    def _res(self, h, out_ch: int, name: str, cond: dict) -> jnp.ndarray:
+        """One ResBlock conditioned on the time (and class) embedding."""
+        block = ResBlock(out_ch, self.dropout, self.num_groups, self.dtype, name=name)
+        return block(h, cond["temb"], train=cond["train"])
+
+    def _attn(self, h, prefix: str, suffix: str, cond: dict) -> jnp.ndarray:
+        """Self-attention `{prefix}attn{suffix}`, then cross-attention `{prefix}xattn{suffix}` if context_dim is set."""
+        h = AttnBlock(self.num_heads, self.num_groups, self.dtype, name=f"{prefix}attn{suffix}")(h)
+        if self.context_dim is not None:
+            xattn = CrossAttnBlock(self.num_heads, self.num_groups, self.dtype, name=f"{prefix}xattn{suffix}")
+            h = xattn(h, cond["context"].astype(self.dtype), cond["context_mask"])
+        return h
+
+    def _down(self, h, cond: dict):
+        """Encoder half; returns features and the stack of skip connections (conv_in output first)."""
+        skips = [h]
+        for level, mult in enumerate(self.ch_mult):
+            for j in range(self.num_res_blocks):
+                h = self._res(h, self.ch * mult, f"down_{level}_res_{j}", cond)
+                if h.shape[1] in self.attn_resolutions:
+                    h = self._attn(h, f"down_{level}_", f"_{j}", cond)
+                skips.append(h)
+            if level != len(self.ch_mult) - 1:
+                h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
+                skips.append(h)
+        return h, skips
+
+    def _middle(self, h, cond: dict) -> jnp.ndarray:
+        """ResBlock - attention - ResBlock at the lowest resolution."""
+        h = self._res(h, h.shape[-1], "mid_res_0", cond)
+        h = self._attn(h, "mid_", "", cond)
+        return self._res(h, h.shape[-1], "mid_res_1", cond)
+
+    def _up(self, h, skips: list, cond: dict) -> jnp.ndarray:
+        """Decoder half: each ResBlock consumes the matching skip connection, concatenated after the features."""
+        skips = list(skips)
+        for level in reversed(range(len(self.ch_mult))):
+            for j in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = self._res(h, self.ch * self.ch_mult[level], f"up_{level}_res_{j}", cond)
+                if h.shape[1] in self.attn_resolutions:
+                    h = self._attn(h, f"up_{level}_", f"_{j}", cond)
+            if level != 0:
+                h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
+        return h

@@ -1,0 +1,71 @@
+"""Metrics to ``metrics.jsonl`` (one JSON object per line) and TensorBoard; progress lines with steps/s and ETA."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+log = logging.getLogger("ddpm_jax")
+
+
+class MetricWriter:
+    """Writes scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard (tensorboardX: no TensorFlow needed).
+
+    Only the process that owns logging (process 0) should create one with ``enabled=True``.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:
+            log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+
+    def write(self, step: int, scalars: Dict[str, float], prefix: str = "train"):
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    """Steps/s, images/s and ETA between reports (the first interval includes compilation)."""
+
+    def __init__(self, start_step: int, num_steps: int, batch_size: int):
+        self.num_steps, self.batch_size = num_steps, batch_size
+        self._t, self._step = time.perf_counter(), start_step
+
+    def report(self, step: int, scalars: Dict[str, float]) -> Dict[str, float]:
+        now = time.perf_counter()
+        rate = (step - self._step) / max(now - self._t, 1e-9)
+        self._t, self._step = now, step
+        eta = (self.num_steps - step) / rate if rate > 0 else float("inf")
+        parts = " | ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+        log.info("step %d/%d | %s | %.2f steps/s | %.1f img/s | ETA %s", step, self.num_steps, parts, rate,
+                 rate * self.batch_size, format_duration(eta) if eta != float("inf") else "?")
+        return {"steps_per_sec": rate, "images_per_sec": rate * self.batch_size}

@@ -1,0 +1,202 @@
+"""The training loop with periodic actions (progress, metrics, sample grids, checkpoints) and exact resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import parameter_overview
+
+from ddpm_jax import diffusion
+from ddpm_jax.data import load_source, make_pipeline, to_uint8
+from ddpm_jax.models.build import unet_from_config
+from ddpm_jax.pipelines import images as image_io
+from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
+from ddpm_jax.training import sharding
+from ddpm_jax.training.checkpoint import Checkpointer
+from ddpm_jax.training.logging import MetricWriter, Progress
+from ddpm_jax.training.optim import make_optimizer
+from ddpm_jax.training.state import TrainState, create_train_state
+from ddpm_jax.training.steps import make_diffusion_loss, make_train_step
+
+log = logging.getLogger("ddpm_jax")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config that a train or sample run needs."""
+
+    config: Any
+    source: Any
+    model: Any
+    schedule: diffusion.Schedule
+    tx: Any
+    lr_schedule: Any
+    mesh: Any
+    image_shape: tuple
+    init_fn: Callable[[jax.Array], TrainState]
+
+
+def validate_config(config) -> None:
+    t = config.training
+    for name in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
+        if int(t[name]) <= 0:
+            raise ValueError(f"training.{name} must be positive, got {t[name]}")
+    if not 0.0 <= config.optim.ema_decay < 1.0:
+        raise ValueError(f"optim.ema_decay must be in [0, 1), got {config.optim.ema_decay}")
+    if not 0.0 <= t.get("cond_drop_prob", 0.0) < 1.0:
+        raise ValueError(f"training.cond_drop_prob must be in [0, 1), got {t.cond_drop_prob}")
+    diffusion.process.check_prediction_type(config.diffusion.prediction_type)
+
+
+def build_run(config, split: Optional[str] = None) -> Run:
+    validate_config(config)
+    source = load_source(config.data.name, split or config.data.split, config.data.get("data_dir") or None)
+    model = unet_from_config(config.model, source.num_classes)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+    tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+    mesh = sharding.make_mesh(config.mesh.get("data", -1), config.mesh.get("fsdp", 1))
+    image_shape = (config.data.image_size, config.data.image_size, source.images.shape[-1])
+
+    def init_fn(key):
+        k_params, k_run = jax.random.split(key)
+        x = jnp.zeros((1,) + image_shape, jnp.float32)
+        y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+        params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
+        return create_train_state(params, tx, k_run)
+
+    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn)
+
+
+def restore_or_init(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
+    """The newest readable checkpoint, or a fresh state from ``config.seed``; both laid out by the partition rules."""
+    key = jax.random.key(run.config.seed)
+    abstract = jax.eval_shape(run.init_fn, key)
+    shardings = sharding.state_shardings(run.mesh, abstract, run.config.mesh.get("fsdp_min_size", 2**14))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    restored = checkpointer.restore_latest(target)
+    if restored is not None:
+        log.info("resumed from checkpoint step %d in %s", restored[0], checkpointer.directory)
+        return restored[1], shardings
+    return jax.jit(run.init_fn, out_shardings=shardings)(key), shardings
+
+
+def _first_nonfinite(pending: List[Dict[str, jax.Array]]) -> Optional[int]:
+    losses = np.asarray(jax.device_get([m["loss"] for m in pending]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
+    host = jax.device_get(pending)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def write_sample_grid(run: Run, sample_fn, params, step: int, workdir: str) -> str:
+    num = run.config.sampling.get("num_grid", 64)
+    labels = default_labels(num, run.model.num_classes)
+    x = generate(sample_fn, params, jax.random.key(run.config.seed + 1), num, run.image_shape,
+                 run.config.sampling.get("batch_size", 64), labels)
+    ncols = run.model.num_classes or None
+    return image_io.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), to_uint8(x), ncols)
+
+
+def train(config, workdir: str) -> TrainState:
+    """Train (or resume training) the pixel-space denoiser of ``config`` in ``workdir``; returns the final state."""
+    run = build_run(config)
+    main_process = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if main_process:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    t = config.training
+    pipeline = make_pipeline(config, run.source, jax.process_index(), jax.process_count())
+    checkpointer = Checkpointer(workdir, t.get("keep_checkpoints", 3), t.get("async_checkpointing", True))
+    state, state_shardings = restore_or_init(run, checkpointer)
+    start = int(jax.device_get(state.step))
+    if main_process and start == 0:
+        overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
+        with open(os.path.join(workdir, "parameter_overview.txt"), "w") as f:
+            f.write(overview + "\n")
+        n_params = sum(x.size for x in jax.tree.leaves(state.params))
+        log.info("model: %s parameters; data: %s (%d examples, %s); mesh %s", f"{n_params:,}", run.source.name,
+                 len(run.source), "x".join(map(str, run.image_shape)), dict(run.mesh.shape))
+    if start >= t.num_steps:
+        log.info("already trained to step %d (training.num_steps=%d); nothing to do", start, t.num_steps)
+        checkpointer.close()
+        return state
+
+    loss_fn = make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
+                                  config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
+    step_fn = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, config.optim.ema_decay),
+                      in_shardings=(state_shardings, sharding.batch_sharding(run.mesh)),
+                      out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
+    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
+    writer = MetricWriter(workdir, enabled=main_process)
+    progress = Progress(start, t.num_steps, t.batch_size)
+    pending: List[Dict[str, jax.Array]] = []
+    last_saved = checkpointer.steps()[-1] if checkpointer.steps() else None
+    try:
+        for step in range(start, t.num_steps):
+            state, metrics = step_fn(state, sharding.global_batch(pipeline.batch(step), run.mesh))
+            pending.append(metrics)
+            done = step + 1
+            is_last = done == t.num_steps
+            if done % t.log_every == 0 or done % t.checkpoint_every == 0 or is_last:
+                bad = _first_nonfinite(pending)
+                if bad is not None:
+                    raise FloatingPointError(
+                        f"loss is NaN/Inf at step {done - len(pending) + bad + 1}; stopping before anything "
+                        f"non-finite is saved (last checkpoint: step {last_saved}). Lower optim.lr, enable "
+                        f"optim.grad_clip or check the data.")
+            if done % t.log_every == 0 or is_last:
+                scalars = _mean_metrics(pending)
+                scalars.update(progress.report(done, scalars))
+                writer.write(done, scalars)
+                pending = []
+            if done % t.checkpoint_every == 0 or is_last:
+                checkpointer.save(done, state)
+                last_saved = done
+            if main_process and t.get("sample_every", 0) and (done % t.sample_every == 0 or is_last):
+                path = write_sample_grid(run, sample_fn, state.ema_params, done, workdir)
+                log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
+                         config.sampling.get("num_steps"), path)
+    finally:
+        checkpointer.close()
+        writer.close()
+    log.info("done: step %d; checkpoints in %s", t.num_steps, checkpointer.directory)
+    return state
+
+
+def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_ema: bool = True,
+           labels: Optional[np.ndarray] = None) -> Dict[str, str]:
+    """Load the latest checkpoint of ``workdir`` and write ``num`` samples as a PNG grid and a uint8 ``.npz``."""
+    run = build_run(config)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    if not checkpointer.steps():
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
+    state, _ = restore_or_init(run, checkpointer)
+    checkpointer.close()
+    step = int(jax.device_get(state.step))
+    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
+    labels = default_labels(num, run.model.num_classes) if labels is None else labels
+    params = state.ema_params if use_ema else state.params
+    x = generate(sample_fn, params, jax.random.key(config.sampling.get("seed", 0)), num, run.image_shape,
+                 config.sampling.get("batch_size", 64), labels)
+    images = to_uint8(x)
+    s = config.sampling
+    name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_step{step}"
+    out_dir = os.path.join(workdir, "samples")
+    png = image_io.save_grid(os.path.join(out_dir, name + ".png"), images, run.model.num_classes or None)
+    npz = os.path.join(out_dir, name + ".npz")
+    np.savez_compressed(npz, images=images, labels=np.asarray(labels, np.int32))
+    with open(os.path.join(out_dir, name + ".json"), "w") as f:
+        json.dump({"checkpoint_step": step, "num": num, "ema": use_ema, "sampling": s.to_dict()}, f, indent=2)
+    log.info("wrote %d samples from step %d (%s, %s steps): %s and %s", num, step, s.sampler,
+             s.get("num_steps") or "all", png, npz)
+    return {"png": png, "npz": npz}

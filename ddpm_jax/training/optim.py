@@ -1,0 +1,29 @@
+"""Optimizer from ``config.optim``: AdamW with linear warmup (then constant or cosine), global-norm clipping."""
+from __future__ import annotations
+
+import optax
+
+
+def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
+    warmup = optim_config.get("warmup_steps", 0)
+    peak = optim_config.lr
+    decay = optim_config.get("decay", "constant")
+    if decay == "constant":
+        after = optax.constant_schedule(peak)
+    elif decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, max(num_steps - warmup, 1))
+    else:
+        raise ValueError(f"unknown optim.decay {decay!r}; use constant or cosine")
+    if not warmup:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def make_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(optim_config, num_steps)
+    chain = []
+    if optim_config.get("grad_clip", 0.0):
+        chain.append(optax.clip_by_global_norm(optim_config.grad_clip))
+    chain.append(optax.adamw(schedule, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999),
+                             eps=optim_config.get("eps", 1e-8), weight_decay=optim_config.get("weight_decay", 0.0)))
+    return optax.chain(*chain), schedule

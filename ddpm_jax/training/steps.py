@@ -1,0 +1,58 @@
+"""Pure training steps: ``train_step(state, batch) -> (state, metrics)``; what differs between models is the loss."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddpm_jax import diffusion
+from ddpm_jax.training.state import TrainState, ema_update
+
+LossFn = Callable[[Any, Dict[str, jnp.ndarray], jax.Array], Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]]
+
+
+def drop_labels(key: jax.Array, labels: jnp.ndarray, null_label: int, prob: float) -> jnp.ndarray:
+    """Classifier-free guidance training: replace each label by the null label with probability ``prob``."""
+    if prob <= 0.0:
+        return labels
+    return jnp.where(jax.random.bernoulli(key, prob, labels.shape), null_label, labels)
+
+
+def make_diffusion_loss(model, schedule: diffusion.Schedule, prediction_type: str = "eps",
+                        weighting: str = "none", cond_drop_prob: float = 0.0) -> LossFn:
+    """L_simple for a U-Net denoiser; class labels (if the model takes them) are dropped with ``cond_drop_prob``."""
+    diffusion.process.check_prediction_type(prediction_type)
+
+    def loss_fn(params, batch, key):
+        k_loss, k_drop, k_dropout = jax.random.split(key, 3)
+        labels = None
+        if model.num_classes:
+            labels = drop_labels(k_drop, batch["label"], model.num_classes, cond_drop_prob)
+
+        def denoise(x_t, t, y):
+            return model.apply({"params": params}, x_t, t, y, train=True, rngs={"dropout": k_dropout})
+
+        per_example = diffusion.diffusion_loss(denoise, schedule, batch["image"], k_loss, labels,
+                                               prediction_type, weighting)
+        return jnp.mean(per_example), {}
+
+    return loss_fn
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+                    ema_decay: float) -> Callable[[TrainState, Dict[str, jnp.ndarray]], Tuple[TrainState, Dict]]:
+    """One optimizer step. The RNG of step k is fold_in(run key, k), so a resumed run draws the same numbers."""
+
+    def train_step(state: TrainState, batch):
+        key = jax.random.fold_in(state.key, state.step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema_update(state.ema_params, params, ema_decay))
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step), **aux}
+        return new_state, metrics
+
+    return train_step

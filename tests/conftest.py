@@ -1,0 +1,42 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def tiny_config(**overrides):
+    """A config small enough to train a few steps in seconds on one CPU core (digits, 8x8)."""
+    from ddpm_jax.default_config import base_config
+
+    c = base_config()
+    c.model.ch = 16
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attn_resolutions = (4,)
+    c.model.num_groups = 8
+    c.model.class_conditional = True
+    c.training.cond_drop_prob = 0.2
+    c.training.batch_size = 16
+    c.training.num_steps = 4
+    c.training.log_every = 2
+    c.training.checkpoint_every = 2
+    c.training.sample_every = 0
+    c.optim.warmup_steps = 2
+    c.sampling.num_steps = 5
+    c.sampling.num_grid = 8
+    c.sampling.batch_size = 8
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
