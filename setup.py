@@ -28,7 +28,7 @@ setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8"],
         # Reference implementations for benchmarks and golden-file generation (CPU build of torch from this disk).
         "bench": ["torch==2.13.0", "diffusers==0.35.2"],
     },

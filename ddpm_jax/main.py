@@ -20,8 +20,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def setup_logging():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    for noisy in ("absl", "jax", "orbax", "absl.logging"):
+    """Plain ``HH:MM:SS message`` lines on stdout; libraries' chatter only at WARNING."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.root.handlers = [handler]
+    logging.root.setLevel(logging.INFO)
+    for noisy in ("absl", "jax", "orbax", "tensorstore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -75,7 +75,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
     assert done and done[-1] < 40
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "resumed from checkpoint step" in result.stdout + result.stderr
+    assert "restored checkpoint step" in result.stdout + result.stderr
     cfg = tiny_config(**overrides)
     straight = loop.train(cfg, str(tmp_path / "straight"))
     assert_trees_equal(straight, restore(cfg, wd))

@@ -81,7 +81,7 @@ def restore_or_init(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, A
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     restored = checkpointer.restore_latest(target)
     if restored is not None:
-        log.info("resumed from checkpoint step %d in %s", restored[0], checkpointer.directory)
+        log.info("restored checkpoint step %d from %s", restored[0], checkpointer.directory)
         return restored[1], shardings
     return jax.jit(run.init_fn, out_shardings=shardings)(key), shardings
 
