@@ -5,6 +5,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "diffusion"              # diffusion | classifier (the offline-metric classifier)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
@@ -62,6 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.num_grid = 64
     c.sampling.batch_size = 64
     c.sampling.seed = 0
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0                  # steps between sample-quality evaluations; 0: off
+    c.eval.classifier_workdir = ""    # a classifier trained with configs/classifier_*.py on the same data
+    c.eval.num_samples = 1000
+    c.eval.sampler = "ddim"
+    c.eval.num_steps = 20
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # -1: all devices not used by fsdp

@@ -4,9 +4,6 @@ Config values are overridden with ``--config.training.num_steps=100`` etc. Re-ru
 resumes from the latest checkpoint. ``sample`` writes ``--num_samples`` images (PNG grid + uint8 .npz) from the EMA
 parameters of the latest checkpoint; sampler and steps come from ``--config.sampling.*``.
 """
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,20 +16,12 @@ flags.DEFINE_bool("ema", True, "sample mode: use the EMA parameters.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def setup_logging():
-    """Plain ``HH:MM:SS message`` lines on stdout; libraries' chatter only at WARNING."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-    logging.root.handlers = [handler]
-    logging.root.setLevel(logging.INFO)
-    for noisy in ("absl", "jax", "orbax", "tensorstore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv):
     del argv
-    setup_logging()
     from ddpm_jax.training import loop  # after flag parsing: importing JAX is slow
+    from ddpm_jax.training.logging import setup_logging
+
+    setup_logging()
 
     if FLAGS.mode == "train":
         loop.train(FLAGS.config, FLAGS.workdir)

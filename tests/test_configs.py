@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import ROOT
-from ddpm_jax.models.build import unet_from_config
+from ddpm_jax.models.build import classifier_from_config, unet_from_config
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
@@ -23,10 +23,15 @@ def load(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_its_model(path):
     cfg = load(path)
-    model = unet_from_config(cfg.model, 10)
     size, ch = cfg.data.image_size, 3 if "cifar" in path else 1
-    y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.zeros((1,)), y))
+    x = jnp.zeros((1, size, size, ch))
+    if cfg.task == "classifier":
+        model = classifier_from_config(cfg.model, 10)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    else:
+        model = unet_from_config(cfg.model, 10)
+        y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,)), y))
     assert sum(x.size for x in jax.tree.leaves(shapes)) > 0
 
 

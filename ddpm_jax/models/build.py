@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ddpm_jax.models.classifier import Classifier
 from ddpm_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -24,3 +25,12 @@ def unet_from_config(model_config, num_classes: int | None = None) -> UNet:
         num_groups=model_config.get("num_groups", 32),
         dtype=DTYPES[model_config.get("dtype", "float32")],
     )
+
+
+def classifier_from_config(model_config, num_classes: int) -> Classifier:
+    """The small CNN classifier used for offline (classifier-feature) metrics."""
+    if not num_classes:
+        raise ValueError("a classifier needs a dataset with labels (num_classes > 0)")
+    return Classifier(num_classes=num_classes, channels=tuple(model_config.get("channels", (32, 64, 128))),
+                      feature_dim=model_config.get("feature_dim", 128), dropout=model_config.get("dropout", 0.1),
+                      dtype=DTYPES[model_config.get("dtype", "float32")])

@@ -4,10 +4,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Dict, Optional
 
 log = logging.getLogger("ddpm_jax")
+
+
+def setup_logging():
+    """Plain ``HH:MM:SS message`` lines on stdout; libraries' chatter only at WARNING."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.root.handlers = [handler]
+    logging.root.setLevel(logging.INFO)
+    for noisy in ("absl", "jax", "orbax", "tensorstore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class MetricWriter:

@@ -8,13 +8,15 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from clu import parameter_overview
 
 from ddpm_jax import diffusion
-from ddpm_jax.data import load_source, make_pipeline, to_uint8
-from ddpm_jax.models.build import unet_from_config
+from ddpm_jax.data import load_source, make_pipeline, resize_nearest, to_model_range, to_uint8
+from ddpm_jax.models.build import classifier_from_config, unet_from_config
 from ddpm_jax.pipelines import images as image_io
 from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
 from ddpm_jax.training import sharding
@@ -22,9 +24,10 @@ from ddpm_jax.training.checkpoint import Checkpointer
 from ddpm_jax.training.logging import MetricWriter, Progress
 from ddpm_jax.training.optim import make_optimizer
 from ddpm_jax.training.state import TrainState, create_train_state
-from ddpm_jax.training.steps import make_diffusion_loss, make_train_step
+from ddpm_jax.training.steps import make_classifier_loss, make_diffusion_loss, make_train_step
 
 log = logging.getLogger("ddpm_jax")
+TASKS = ("diffusion", "classifier")
 
 
 @dataclasses.dataclass
@@ -52,12 +55,18 @@ def validate_config(config) -> None:
     if not 0.0 <= t.get("cond_drop_prob", 0.0) < 1.0:
         raise ValueError(f"training.cond_drop_prob must be in [0, 1), got {t.cond_drop_prob}")
     diffusion.process.check_prediction_type(config.diffusion.prediction_type)
+    if config.get("task", "diffusion") not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; use one of {TASKS}")
 
 
 def build_run(config, split: Optional[str] = None) -> Run:
     validate_config(config)
     source = load_source(config.data.name, split or config.data.split, config.data.get("data_dir") or None)
-    model = unet_from_config(config.model, source.num_classes)
+    task = config.get("task", "diffusion")
+    if task == "classifier":
+        model = classifier_from_config(config.model, source.num_classes)
+    else:
+        model = unet_from_config(config.model, source.num_classes)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
     tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
     mesh = sharding.make_mesh(config.mesh.get("data", -1), config.mesh.get("fsdp", 1))
@@ -66,8 +75,11 @@ def build_run(config, split: Optional[str] = None) -> Run:
     def init_fn(key):
         k_params, k_run = jax.random.split(key)
         x = jnp.zeros((1,) + image_shape, jnp.float32)
-        y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-        params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
+        if task == "classifier":
+            params = model.init({"params": k_params}, x, train=False)["params"]
+        else:
+            y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+            params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
         return create_train_state(params, tx, k_run)
 
     return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn)
@@ -131,12 +143,18 @@ def train(config, workdir: str) -> TrainState:
         checkpointer.close()
         return state
 
-    loss_fn = make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
-                                  config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
+    classifier = config.get("task", "diffusion") == "classifier"
+    if classifier:
+        loss_fn = make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
+    else:
+        loss_fn = make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
+                                      config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
     step_fn = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, config.optim.ema_decay),
                       in_shardings=(state_shardings, sharding.batch_sharding(run.mesh)),
                       out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
+    sample_fn = None if classifier else make_sample_fn(run.model, run.schedule, config.sampling,
+                                                       config.diffusion.prediction_type)
+    quality = None if classifier else make_quality_hook(config, run)
     writer = MetricWriter(workdir, enabled=main_process)
     progress = Progress(start, t.num_steps, t.batch_size)
     pending: List[Dict[str, jax.Array]] = []
@@ -162,15 +180,65 @@ def train(config, workdir: str) -> TrainState:
             if done % t.checkpoint_every == 0 or is_last:
                 checkpointer.save(done, state)
                 last_saved = done
-            if main_process and t.get("sample_every", 0) and (done % t.sample_every == 0 or is_last):
+            if quality is not None and (done % config.eval.every == 0 or is_last):
+                scalars = quality(state.ema_params)
+                writer.write(done, scalars, prefix="eval")
+                log.info("eval at step %d: %s", done, " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+            if sample_fn is not None and main_process and t.get("sample_every", 0) and (done % t.sample_every == 0 or is_last):
                 path = write_sample_grid(run, sample_fn, state.ema_params, done, workdir)
                 log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
                          config.sampling.get("num_steps"), path)
+        if classifier and main_process:
+            scalars = evaluate_classifier(run, state.ema_params)
+            writer.write(t.num_steps, scalars, prefix="eval")
+            log.info("classifier on the test split: accuracy %.4f, loss %.4f", scalars["accuracy"], scalars["loss"])
     finally:
         checkpointer.close()
         writer.close()
     log.info("done: step %d; checkpoints in %s", t.num_steps, checkpointer.directory)
     return state
+
+
+def evaluate_classifier(run: Run, params, split: str = "test", batch_size: int = 500) -> Dict[str, float]:
+    """Accuracy and cross-entropy of a trained classifier on a held-out split."""
+    source = load_source(run.config.data.name, split, run.config.data.get("data_dir") or None)
+    apply = jax.jit(lambda p, x: run.model.apply({"params": p}, x, train=False)["logits"])
+    correct, nll = 0, 0.0
+    for start in range(0, len(source), batch_size):
+        images, labels = source.take(np.arange(start, min(start + batch_size, len(source))))
+        x = to_model_range(resize_nearest(images, run.config.data.image_size))
+        logits = np.asarray(apply(params, jnp.asarray(x)), np.float64)
+        logp = scipy.special.log_softmax(logits, axis=1)
+        correct += int(np.sum(np.argmax(logits, 1) == labels))
+        nll -= float(np.sum(logp[np.arange(len(labels)), labels]))
+    return {"accuracy": correct / len(source), "loss": nll / len(source)}
+
+
+def make_quality_hook(config, run: Run):
+    """Periodic sample quality (``config.eval``): N samples with a fast sampler, scored in a trained classifier's
+    feature space (Frechet classifier distance, KID, class accuracy); None when eval.every is 0."""
+    ev = config.get("eval")
+    if ev is None or not ev.get("every", 0):
+        return None
+    from ddpm_jax.training.quality import SampleQuality
+
+    return SampleQuality.from_config(config, run)
+
+
+def load_trained(workdir: str, use_ema: bool = True):
+    """(config, model, params) of the latest checkpoint of a finished or running workdir, from its config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a ddpm_jax workdir (train there first)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    run = build_run(config)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    if not checkpointer.steps():
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
+    state, _ = restore_or_init(run, checkpointer)
+    checkpointer.close()
+    return config, run.model, (state.ema_params if use_ema else state.params)
 
 
 def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_ema: bool = True,

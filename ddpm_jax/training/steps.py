@@ -41,6 +41,21 @@ def make_diffusion_loss(model, schedule: diffusion.Schedule, prediction_type: st
     return loss_fn
 
 
+def make_classifier_loss(model, label_smoothing: float = 0.0) -> LossFn:
+    """Softmax cross-entropy on the labels (with optional label smoothing); accuracy as an auxiliary metric."""
+
+    def loss_fn(params, batch, key):
+        out = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": key})
+        labels = jax.nn.one_hot(batch["label"], model.num_classes)
+        if label_smoothing:
+            labels = optax.smooth_labels(labels, label_smoothing)
+        loss = jnp.mean(optax.softmax_cross_entropy(out["logits"], labels))
+        accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
+        return loss, {"accuracy": accuracy}
+
+    return loss_fn
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     ema_decay: float) -> Callable[[TrainState, Dict[str, jnp.ndarray]], Tuple[TrainState, Dict]]:
     """One optimizer step. The RNG of step k is fold_in(run key, k), so a resumed run draws the same numbers."""

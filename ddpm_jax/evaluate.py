@@ -1,0 +1,195 @@
+"""Evaluation command: feature statistics, FID / KID / IS, and offline classifier-feature metrics.
+
+    # statistics of a dataset split, or of images in a .npz (key "images") or a folder of PNG/JPEG files
+    python -m ddpm_jax.evaluate --mode=stats --features=inception --inception_weights=W.npz --data=tfds:cifar10 \
+        --data_dir=DIR --split=train --out=cifar10_train.npz
+    python -m ddpm_jax.evaluate --mode=stats --features=inception --inception_weights=W.npz --images=samples.npz --out=s.npz
+    # distance between two stats files (FID in Inception space; FCD in a classifier's space)
+    python -m ddpm_jax.evaluate --mode=distance --stats_a=a.npz --stats_b=b.npz
+    # a checkpoint's samples against its dataset: FID/KID/IS with Inception weights, FCD/KID/accuracy with a classifier
+    python -m ddpm_jax.evaluate --mode=samples --config=configs/quickstart.py --workdir=runs/quickstart \
+        --features=classifier --classifier_workdir=runs/classifier_digits --num_samples=1000
+
+Metrics in a classifier's feature space are labelled fcd / kid_classifier, never fid: they are comparable only
+between runs scored with the same classifier.
+"""
+import glob
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "samples", ["stats", "distance", "samples"], "What to compute.")
+flags.DEFINE_enum("features", "classifier", ["inception", "classifier"], "Feature space.")
+flags.DEFINE_string("inception_weights", None, "Converted FID Inception weights (.npz; see convert_inception).")
+flags.DEFINE_enum("resize_mode", "pytorch", ["pytorch", "tf1"], "Bilinear resize to 299 for Inception.")
+flags.DEFINE_string("classifier_workdir", None, "Workdir of a classifier trained with configs/classifier_*.py.")
+flags.DEFINE_string("data", None, "stats mode: dataset name (digits, fashion_mnist, mnist, tfds:NAME).")
+flags.DEFINE_string("data_dir", None, "stats mode: dataset folder.")
+flags.DEFINE_string("split", "train", "stats mode: dataset split.")
+flags.DEFINE_integer("image_size", None, "stats mode: bring dataset images to this size first (as training does).")
+flags.DEFINE_string("images", None, "stats mode: a .npz with uint8 'images' [N,H,W,C], or a folder of images.")
+flags.DEFINE_string("out", None, "stats mode: output stats .npz.")
+flags.DEFINE_string("stats_a", None, "distance mode: first stats file.")
+flags.DEFINE_string("stats_b", None, "distance mode: second stats file.")
+config_flags.DEFINE_config_file("config", None, "samples mode: the model's config.", lock_config=False)
+flags.DEFINE_string("workdir", None, "samples mode: the model's workdir (latest checkpoint, EMA weights).")
+flags.DEFINE_integer("num_samples", 1000, "samples mode: number of generated images.")
+flags.DEFINE_integer("seed", 0, "samples mode: sampling seed.")
+flags.DEFINE_integer("batch_size", 200, "Feature-extraction batch size.")
+
+log = logging.getLogger("ddpm_jax")
+
+
+def load_images(path: str) -> np.ndarray:
+    """uint8 [N, H, W, C] from a .npz ('images' or its only array) or a folder of image files."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.endswith(".npz"):
+        data = np.load(path)
+        images = data["images"] if "images" in data else data[data.files[0]]
+    else:
+        from PIL import Image
+
+        files = sorted(f for ext in ("png", "jpg", "jpeg") for f in glob.glob(os.path.join(path, f"*.{ext}")))
+        if not files:
+            raise FileNotFoundError(f"no .png/.jpg images in {path}")
+        images = np.stack([np.asarray(Image.open(f)) for f in files])
+    if images.ndim == 3:
+        images = images[..., None]
+    return images
+
+
+def make_extractor():
+    """(callable images -> (features, logits), manifest dict) for the chosen feature space."""
+    if FLAGS.features == "classifier":
+        from ddpm_jax.training.quality import classifier_features_from_workdir
+
+        if not FLAGS.classifier_workdir:
+            raise app.UsageError("--features=classifier needs --classifier_workdir (train configs/classifier_*.py)")
+        extractor = classifier_features_from_workdir(FLAGS.classifier_workdir, FLAGS.batch_size)
+        return extractor, {"feature_space": extractor.name, "weights_sha256": extractor.weights_sha256,
+                           "weights": os.path.abspath(FLAGS.classifier_workdir)}
+    from ddpm_jax.evaluation.features import InceptionFeatures
+    from ddpm_jax.models.inception import load_inception_params
+
+    if not FLAGS.inception_weights:
+        raise app.UsageError("--features=inception needs --inception_weights=PATH (see README: FID)")
+    extractor = InceptionFeatures(load_inception_params(FLAGS.inception_weights), FLAGS.resize_mode, FLAGS.batch_size)
+    with open(FLAGS.inception_weights, "rb") as f:
+        import hashlib
+
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return extractor, {"feature_space": "inception_pool3", "weights_sha256": digest, "resize_mode": FLAGS.resize_mode}
+
+
+def extract(extractor, images: np.ndarray):
+    from ddpm_jax.evaluation.fid import check_sample_count
+
+    t = time.perf_counter()
+    feats, logits = extractor(images)
+    log.info("features of %d images in %.1f s", len(images), time.perf_counter() - t)
+    check_sample_count(len(feats), feats.shape[1])
+    return np.asarray(feats, np.float64), np.asarray(logits, np.float64)
+
+
+def metrics_for(feats, logits, ref_feats, ref_stats, space: str, labels=None):
+    from ddpm_jax.evaluation.fid import frechet_distance
+    from ddpm_jax.evaluation.inception_score import inception_score
+    from ddpm_jax.evaluation.kid import kernel_inception_distance
+    from ddpm_jax.evaluation.statistics import feature_statistics
+
+    mu, sigma = feature_statistics(feats)
+    fd = frechet_distance(mu, sigma, *ref_stats)
+    kid_mean, kid_std = kernel_inception_distance(feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
+    if space == "inception_pool3":
+        is_mean, is_std = inception_score(logits)
+        return {"fid": fd, "kid": kid_mean, "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std}
+    out = {"fcd": fd, "kid_classifier": kid_mean, "kid_classifier_std": kid_std}
+    if labels is not None:
+        from ddpm_jax.evaluation.classifier_features import class_accuracy
+
+        out["class_accuracy"] = class_accuracy(logits, labels)
+    return out
+
+
+def mode_stats():
+    from ddpm_jax.data import load_source, resize_nearest
+    from ddpm_jax.evaluation.statistics import feature_statistics
+    from ddpm_jax.evaluation.stats_file import save_stats
+
+    if not FLAGS.out:
+        raise app.UsageError("--mode=stats needs --out=FILE.npz")
+    extractor, manifest = make_extractor()
+    if FLAGS.images:
+        images, what = load_images(FLAGS.images), {"images": os.path.abspath(FLAGS.images)}
+    elif FLAGS.data:
+        source = load_source(FLAGS.data, FLAGS.split, FLAGS.data_dir)
+        images = source.images if not FLAGS.image_size else resize_nearest(source.images, FLAGS.image_size)
+        what = {"dataset": FLAGS.data, "split": FLAGS.split}
+    else:
+        raise app.UsageError("--mode=stats needs --images or --data")
+    feats, _ = extract(extractor, images)
+    mu, sigma = feature_statistics(feats)
+    save_stats(FLAGS.out, mu, sigma, image_count=len(images), **what, **manifest)
+    print(json.dumps({"stats": FLAGS.out, "count": len(images), **manifest}))
+
+
+def mode_distance():
+    from ddpm_jax.evaluation.fid import frechet_distance
+    from ddpm_jax.evaluation.stats_file import check_compatible, load_stats
+
+    mu1, s1, m1 = load_stats(FLAGS.stats_a)
+    mu2, s2, m2 = load_stats(FLAGS.stats_b)
+    check_compatible(m1, m2)
+    space = m1.get("feature_space", m2.get("feature_space", "inception_pool3"))
+    name = "fid" if space == "inception_pool3" else "fcd"
+    print(json.dumps({name: frechet_distance(mu1, s1, mu2, s2), "feature_space": space}))
+
+
+def mode_samples():
+    from ddpm_jax.data import load_source, resize_nearest, to_uint8
+    from ddpm_jax.evaluation.statistics import feature_statistics
+    from ddpm_jax.training import loop
+
+    if FLAGS.config is None or not FLAGS.workdir:
+        raise app.UsageError("--mode=samples needs --config and --workdir")
+    config = FLAGS.config
+    extractor, manifest = make_extractor()
+    source = load_source(config.data.name, config.data.split, config.data.get("data_dir") or None)
+    ref = resize_nearest(source.images, config.data.image_size)
+    out = loop.sample(config, FLAGS.workdir, FLAGS.num_samples, out_name=f"eval_{FLAGS.num_samples}")
+    samples = np.load(out["npz"])
+    images, labels = samples["images"], samples["labels"]
+    feats, logits = extract(extractor, images)
+    ref_feats, _ = extract(extractor, ref)
+    conditional = bool(config.model.get("class_conditional", False))
+    result = metrics_for(feats, logits, ref_feats, feature_statistics(ref_feats), manifest["feature_space"],
+                         labels if conditional else None)
+    result.update({"num_samples": len(images), "reference": f"{config.data.name}/{config.data.split} "
+                   f"({len(ref)} images)", "sampler": config.sampling.sampler,
+                   "num_steps": config.sampling.get("num_steps"), "guidance_scale": config.sampling.get("guidance_scale"),
+                   **manifest})
+    path = os.path.join(FLAGS.workdir, f"eval_{FLAGS.features}_{FLAGS.num_samples}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result))
+    log.info("wrote %s", path)
+
+
+def main(argv):
+    del argv
+    from ddpm_jax.training.logging import setup_logging
+
+    setup_logging()
+    {"stats": mode_stats, "distance": mode_distance, "samples": mode_samples}[FLAGS.mode]()
+
+
+if __name__ == "__main__":
+    app.run(main)

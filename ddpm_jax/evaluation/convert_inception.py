@@ -1,0 +1,40 @@
+"""Convert pytorch-fid's FID Inception weights (.pth) to the `.npz` that `load_inception_params` reads.
+
+    python -m ddpm_jax.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth OUT.npz
+
+Needs torch (only here). The npz keeps pytorch-fid's state-dict names and layouts; the weights are checked against
+`InceptionV3FID` before anything is written. Prints the input's sha256 (pytorch-fid's file name carries its first
+8 hex digits, 6726825d) and the number of tensors.
+"""
+import argparse
+
+import numpy as np
+
+from ddpm_jax.models.inception import params_from_torch_state_dict, read_torch_state_dict, sha256_of
+
+
+def save_state_dict_npz(state_dict: dict, out_path: str) -> int:
+    """Check `state_dict` against the network and write it as a flat npz (keys = torch names); returns the count."""
+    params_from_torch_state_dict(state_dict)
+    np.savez(out_path, **{k: np.asarray(v) for k, v in state_dict.items()})
+    return len(state_dict)
+
+
+def convert(in_path: str, out_path: str) -> tuple[str, int]:
+    """Convert one `.pth` file; returns (sha256 of the input, number of tensors written)."""
+    digest = sha256_of(in_path)
+    return digest, save_state_dict_npz(read_torch_state_dict(in_path), out_path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="pytorch-fid weights, e.g. pt_inception-2015-12-05-6726825d.pth")
+    parser.add_argument("output", help="output .npz")
+    args = parser.parse_args(argv)
+    digest, count = convert(args.input, args.output)
+    print(f"{args.input}: sha256 {digest}")
+    print(f"wrote {count} tensors to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Reference statistics files: pytorch-fid's ``.npz`` (``mu``, ``sigma``) plus a manifest saying what they measure.
+
+The manifest (feature space, network weights sha256, resize mode, dataset, split, image count, seed, creator) is
+stored twice: as a JSON string in the npz under ``manifest`` and in a sidecar ``<path>.json``. pytorch-fid reads our
+files (it only looks at ``mu`` and ``sigma``); we read plain pytorch-fid files, with an empty manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+import ddpm_jax
+
+IDENTITY_KEYS = ("feature_space", "weights_sha256")
+
+
+def _check_stats(mu, sigma, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{where}: mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{where}: mu or sigma contains NaN or Inf")
+    return mu, sigma
+
+
+def _numpy_scalar(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_stats(path: str, mu, sigma, **manifest: Any) -> None:
+    """Write ``mu``, ``sigma`` and the manifest to ``path`` (must end in .npz) and the manifest to ``path + '.json'``.
+
+    Manifest keys used by :func:`check_compatible`: ``feature_space`` (e.g. "inception_pool3", "classifier:digits"),
+    ``weights_sha256`` and ``resize_mode``; also record ``dataset``, ``split``, ``image_count`` and ``seed``.
+    """
+    if not str(path).endswith(".npz"):
+        raise ValueError(f"stats path must end in .npz (pytorch-fid recognises stats files by it): {path}")
+    mu, sigma = _check_stats(mu, sigma, str(path))
+    manifest.setdefault("created_by", f"ddpm_jax {ddpm_jax.__version__}")
+    try:
+        text = json.dumps(manifest, sort_keys=True, default=_numpy_scalar)
+    except TypeError as e:
+        raise ValueError(f"stats manifest must be JSON-serialisable: {e}") from None
+    manifest = json.loads(text)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma, manifest=np.array(text))
+    with open(f"{path}.json.tmp", "w") as f:
+        f.write(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    os.replace(tmp, path)
+    os.replace(f"{path}.json.tmp", f"{path}.json")
+
+
+def load_stats(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """(mu, sigma, manifest) from one of our stats files or a plain pytorch-fid one (manifest {} unless a sidecar)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"stats file not found: {path} (write one with ddpm_jax.evaluation.save_stats or "
+                                "pytorch-fid --save-stats)")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in ("mu", "sigma") if k not in f.files]
+        if missing:
+            raise ValueError(f"{path} has no {' or '.join(missing)} array (keys: {f.files}); expected a pytorch-fid "
+                             "stats .npz")
+        mu, sigma = _check_stats(f["mu"], f["sigma"], path)
+        inner = json.loads(str(f["manifest"])) if "manifest" in f.files else None
+    sidecar = None
+    if os.path.isfile(f"{path}.json"):
+        with open(f"{path}.json") as f:
+            sidecar = json.load(f)
+    if inner is not None and sidecar is not None and inner != sidecar:
+        raise ValueError(f"the manifest inside {path} and its sidecar {path}.json differ")
+    return mu, sigma, inner if inner is not None else (sidecar or {})
+
+
+def check_compatible(manifest_a: Dict[str, Any], manifest_b: Dict[str, Any]) -> None:
+    """ValueError if two stats were taken in different feature spaces or with different weights; UserWarning if
+    the resize modes differ or if either manifest cannot say (e.g. a plain pytorch-fid file)."""
+    for key in IDENTITY_KEYS:
+        a, b = manifest_a.get(key), manifest_b.get(key)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"stats are not comparable: {key} differs ({a!r} vs {b!r})")
+        if (a is None) != (b is None):
+            warnings.warn(f"cannot check that stats are comparable: only one manifest records {key}", UserWarning,
+                          stacklevel=2)
+    a, b = manifest_a.get("resize_mode"), manifest_b.get("resize_mode")
+    if a != b:
+        warnings.warn(f"stats were made with different resize modes ({a!r} vs {b!r}); FID shifts with the resize "
+                      "filter", UserWarning, stacklevel=2)
