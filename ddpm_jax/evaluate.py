@@ -42,7 +42,10 @@ config_flags.DEFINE_config_file("config", None, "samples mode: the model's confi
 flags.DEFINE_string("workdir", None, "samples mode: the model's workdir (latest checkpoint, EMA weights).")
 flags.DEFINE_integer("num_samples", 1000, "samples mode: number of generated images.")
 flags.DEFINE_integer("seed", 0, "samples mode: sampling seed.")
+flags.DEFINE_integer("num_reference", 0, "samples mode: use only the first N reference images (0: all).")
 flags.DEFINE_integer("batch_size", 200, "Feature-extraction batch size.")
+flags.DEFINE_string("baseline_split", "test", "samples mode: also score this held-out real split against the "
+                    "reference (the floor a perfect model would reach at that sample count); '' to skip.")
 
 log = logging.getLogger("ddpm_jax")
 
@@ -82,11 +85,15 @@ def make_extractor():
     if not FLAGS.inception_weights:
         raise app.UsageError("--features=inception needs --inception_weights=PATH (see README: FID)")
     extractor = InceptionFeatures(load_inception_params(FLAGS.inception_weights), FLAGS.resize_mode, FLAGS.batch_size)
-    with open(FLAGS.inception_weights, "rb") as f:
-        import hashlib
+    from ddpm_jax.models.inception import sha256_of
 
-        digest = hashlib.sha256(f.read()).hexdigest()
+    digest = sha256_of(FLAGS.inception_weights)
     return extractor, {"feature_space": "inception_pool3", "weights_sha256": digest, "resize_mode": FLAGS.resize_mode}
+
+
+def unbiased_logits(extractor, logits: np.ndarray) -> np.ndarray:
+    """pool3 @ W without the fc bias: the logits the original Inception Score code (and torch-fidelity) use."""
+    return logits - np.asarray(extractor.params["params"]["fc"]["bias"], np.float64)
 
 
 def extract(extractor, images: np.ndarray):
@@ -109,7 +116,8 @@ def metrics_for(feats, logits, ref_feats, ref_stats, space: str, labels=None):
     fd = frechet_distance(mu, sigma, *ref_stats)
     kid_mean, kid_std = kernel_inception_distance(feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
     if space == "inception_pool3":
-        is_mean, is_std = inception_score(logits)
+        # callers pass pool3 @ W (no fc bias), see unbiased_logits; 10 splits as in the original code
+        is_mean, is_std = inception_score(logits, splits=min(10, len(logits)))
         return {"fid": fd, "kid": kid_mean, "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std}
     out = {"fcd": fd, "kid_classifier": kid_mean, "kid_classifier_std": kid_std}
     if labels is not None:
@@ -154,7 +162,7 @@ def mode_distance():
 
 
 def mode_samples():
-    from ddpm_jax.data import load_source, resize_nearest, to_uint8
+    from ddpm_jax.data import load_source, resize_nearest
     from ddpm_jax.evaluation.statistics import feature_statistics
     from ddpm_jax.training import loop
 
@@ -163,15 +171,27 @@ def mode_samples():
     config = FLAGS.config
     extractor, manifest = make_extractor()
     source = load_source(config.data.name, config.data.split, config.data.get("data_dir") or None)
-    ref = resize_nearest(source.images, config.data.image_size)
+    ref = resize_nearest(source.images[:FLAGS.num_reference or None], config.data.image_size)
     out = loop.sample(config, FLAGS.workdir, FLAGS.num_samples, out_name=f"eval_{FLAGS.num_samples}")
     samples = np.load(out["npz"])
     images, labels = samples["images"], samples["labels"]
     feats, logits = extract(extractor, images)
+    if FLAGS.features == "inception":
+        logits = unbiased_logits(extractor, logits)
     ref_feats, _ = extract(extractor, ref)
     conditional = bool(config.model.get("class_conditional", False))
     result = metrics_for(feats, logits, ref_feats, feature_statistics(ref_feats), manifest["feature_space"],
                          labels if conditional else None)
+    if FLAGS.baseline_split:
+        held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.get("data_dir") or None)
+        real = resize_nearest(held_out.images[:FLAGS.num_samples], config.data.image_size)
+        real_feats, real_logits = extract(extractor, real)
+        if FLAGS.features == "inception":
+            real_logits = unbiased_logits(extractor, real_logits)
+        floor = metrics_for(real_feats, real_logits, ref_feats, feature_statistics(ref_feats),
+                            manifest["feature_space"], held_out.labels[:FLAGS.num_samples] if conditional else None)
+        result.update({f"real_{FLAGS.baseline_split}_{k}": v for k, v in floor.items()})
+        result[f"real_{FLAGS.baseline_split}_count"] = len(real)
     result.update({"num_samples": len(images), "reference": f"{config.data.name}/{config.data.split} "
                    f"({len(ref)} images)", "sampler": config.sampling.sampler,
                    "num_steps": config.sampling.get("num_steps"), "guidance_scale": config.sampling.get("guidance_scale"),
@@ -185,10 +205,10 @@ def mode_samples():
 
 def main(argv):
     del argv
-    from ddpm_jax.training.logging import setup_logging
+    from ddpm_jax.training.logging import run_cli, setup_logging
 
     setup_logging()
-    {"stats": mode_stats, "distance": mode_distance, "samples": mode_samples}[FLAGS.mode]()
+    run_cli({"stats": mode_stats, "distance": mode_distance, "samples": mode_samples}[FLAGS.mode])
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     from ddpm_jax.training import loop  # after flag parsing: importing JAX is slow
-    from ddpm_jax.training.logging import setup_logging
+    from ddpm_jax.training.logging import run_cli, setup_logging
 
     setup_logging()
-
     if FLAGS.mode == "train":
-        loop.train(FLAGS.config, FLAGS.workdir)
+        run_cli(lambda: loop.train(FLAGS.config, FLAGS.workdir))
     else:
-        loop.sample(FLAGS.config, FLAGS.workdir, FLAGS.num_samples, use_ema=FLAGS.ema)
+        run_cli(lambda: loop.sample(FLAGS.config, FLAGS.workdir, FLAGS.num_samples, use_ema=FLAGS.ema))
 
 
 def run():

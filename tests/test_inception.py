@@ -13,7 +13,8 @@ import pytest
 from ddpm_jax.evaluation.convert_inception import save_state_dict_npz
 from ddpm_jax.evaluation.features import InceptionFeatures
 from ddpm_jax.evaluation.resize import resize_bilinear
-from ddpm_jax.models.inception import load_inception_params, params_from_torch_state_dict, variable_shapes
+from ddpm_jax.models.inception import (BasicConv2d, load_inception_params, params_from_torch_state_dict,
+                                      variable_shapes)
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 sys.path.insert(0, GOLDEN_DIR)
@@ -52,6 +53,17 @@ def test_param_count_matches_pytorch_fid(golden):
     assert count(shapes["params"]) == int(golden["data"]["param_count"]) == 23_850_960
     running = sum(np.prod(s) for k, s in golden["shapes"] if k.endswith(("running_mean", "running_var")))
     assert count(shapes["batch_stats"]) == running
+
+
+@pytest.mark.parametrize("stride, size", [(1, 9), (1, 10), (2, 9), (2, 10)])
+def test_unpadded_conv_equals_valid_convolution(stride, size):
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 2))
+    conv = BasicConv2d(4, (3, 3), stride)
+    variables = conv.init(jax.random.PRNGKey(1), x)
+    kernel = variables["params"]["conv"]["kernel"]
+    ref = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.nn.relu(ref / np.sqrt(1 + 1e-3))
+    np.testing.assert_allclose(conv.apply(variables, x), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_pool3_matches_pytorch_fid(golden, features):
@@ -127,7 +139,8 @@ def test_state_dict_round_trips_through_npz(golden, tmp_path):
     same = jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), loaded, golden["variables"])
     assert all(jax.tree_util.tree_leaves(same))
     kernel = loaded["params"]["Mixed_7c"]["branch3x3_2a"]["conv"]["kernel"]
-    np.testing.assert_array_equal(kernel, golden["state_dict"]["Mixed_7c.branch3x3_2a.conv.weight"].transpose(2, 3, 1, 0))
+    torch_kernel = golden["state_dict"]["Mixed_7c.branch3x3_2a.conv.weight"]
+    np.testing.assert_array_equal(kernel, torch_kernel.transpose(2, 3, 1, 0))
 
 
 def test_converter_rejects_unknown_missing_and_misshaped_tensors(golden):

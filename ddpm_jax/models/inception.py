@@ -30,7 +30,7 @@ class BasicConv2d(nn.Module):
     """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps=1e-3, running stats) -> ReLU.
 
     An unpadded k > 1 conv is run padded by one row and column at the high end and cropped back to its unpadded
-    output: the same numbers, but XLA:CPU (jax 0.10) runs unpadded convolutions 2-5x slower than padded ones."""
+    output: the same numbers, but XLA:CPU (jax 0.10) runs unpadded convolutions 1.2-5x slower than padded ones."""
     features: int
     kernel: Any = 1
     stride: int = 1

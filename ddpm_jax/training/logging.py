@@ -80,3 +80,18 @@ class Progress:
         log.info("step %d/%d | %s | %.2f steps/s | %.1f img/s | ETA %s", step, self.num_steps, parts, rate,
                  rate * self.batch_size, format_duration(eta) if eta != float("inf") else "?")
         return {"steps_per_sec": rate, "images_per_sec": rate * self.batch_size}
+
+
+USER_ERRORS = (FileNotFoundError, ValueError, FloatingPointError, RuntimeError)
+
+
+def run_cli(fn) -> None:
+    """Run a command's body; a user-facing error (missing file, bad config, NaN loss) ends it with one line on
+    stderr and exit status 1. Set DDPM_JAX_DEBUG=1 for the full traceback."""
+    try:
+        fn()
+    except USER_ERRORS as e:
+        if os.environ.get("DDPM_JAX_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
