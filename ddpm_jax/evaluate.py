@@ -100,7 +100,7 @@ def extract(extractor, images: np.ndarray):
     from ddpm_jax.evaluation.fid import check_sample_count
 
     t = time.perf_counter()
-    feats, logits = extractor(images)
+    feats, logits = extractor(images, progress=True) if FLAGS.features == "inception" else extractor(images)
     log.info("features of %d images in %.1f s", len(images), time.perf_counter() - t)
     check_sample_count(len(feats), feats.shape[1])
     return np.asarray(feats, np.float64), np.asarray(logits, np.float64)

@@ -195,7 +195,8 @@ def train(config, workdir: str) -> TrainState:
     finally:
         checkpointer.close()
         writer.close()
-    log.info("done: step %d; checkpoints in %s", t.num_steps, checkpointer.directory)
+    log.info("done: step %d. Samples: %s/samples; metrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); "
+             "checkpoints: %s", t.num_steps, workdir, workdir, workdir, checkpointer.directory)
     return state
 
 
@@ -225,6 +226,18 @@ def make_quality_hook(config, run: Run):
     return SampleQuality.from_config(config, run)
 
 
+def restore_trained(run: Run, workdir: str) -> TrainState:
+    """The newest readable checkpoint of ``workdir``; a workdir without one is a one-line error."""
+    checkpointer = Checkpointer(workdir, async_save=False)
+    try:
+        if not checkpointer.steps():
+            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
+        state, _ = restore_or_init(run, checkpointer)
+    finally:
+        checkpointer.close()
+    return state
+
+
 def load_trained(workdir: str, use_ema: bool = True):
     """(config, model, params) of the latest checkpoint of a finished or running workdir, from its config.json."""
     path = os.path.join(workdir, "config.json")
@@ -233,11 +246,7 @@ def load_trained(workdir: str, use_ema: bool = True):
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     run = build_run(config)
-    checkpointer = Checkpointer(workdir, async_save=False)
-    if not checkpointer.steps():
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
-    state, _ = restore_or_init(run, checkpointer)
-    checkpointer.close()
+    state = restore_trained(run, workdir)
     return config, run.model, (state.ema_params if use_ema else state.params)
 
 
@@ -245,11 +254,7 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
            labels: Optional[np.ndarray] = None) -> Dict[str, str]:
     """Load the latest checkpoint of ``workdir`` and write ``num`` samples as a PNG grid and a uint8 ``.npz``."""
     run = build_run(config)
-    checkpointer = Checkpointer(workdir, async_save=False)
-    if not checkpointer.steps():
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
-    state, _ = restore_or_init(run, checkpointer)
-    checkpointer.close()
+    state = restore_trained(run, workdir)
     step = int(jax.device_get(state.step))
     sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
     labels = default_labels(num, run.model.num_classes) if labels is None else labels
