@@ -1,4 +1,4 @@
-"""The offline-metric classifier for Fashion-MNIST at 32x32 (padded), the feature space of its FCD."""
+"""The offline-metric classifier for Fashion-MNIST at 32x32 (padded), the feature space of its FCD; CPU-sized."""
 from ddpm_jax.default_config import base_config
 
 
@@ -8,11 +8,11 @@ def get_config():
     c.data.name = "fashion_mnist"
     c.data.data_dir = "/usr/share/datasets/fashion-mnist"
     c.data.image_size = 32
-    c.model.channels = (32, 64, 128)
-    c.model.feature_dim = 128
+    c.model.channels = (16, 32, 64)
+    c.model.feature_dim = 64
     c.model.dropout = 0.2
-    c.training.batch_size = 128
-    c.training.num_steps = 3000
+    c.training.batch_size = 64
+    c.training.num_steps = 2000
     c.training.log_every = 100
     c.training.checkpoint_every = 1000
     c.optim.lr = 2e-3

@@ -36,6 +36,8 @@ flags.DEFINE_string("split", "train", "stats mode: dataset split.")
 flags.DEFINE_integer("image_size", None, "stats mode: bring dataset images to this size first (as training does).")
 flags.DEFINE_string("images", None, "stats mode: a .npz with uint8 'images' [N,H,W,C], or a folder of images.")
 flags.DEFINE_string("out", None, "stats mode: output stats .npz.")
+flags.DEFINE_bool("save_features", False, "stats mode: also save the raw features (OUT_features.npy) so that "
+                  "distance mode can compute KID.")
 flags.DEFINE_string("stats_a", None, "distance mode: first stats file.")
 flags.DEFINE_string("stats_b", None, "distance mode: second stats file.")
 config_flags.DEFINE_config_file("config", None, "samples mode: the model's config.", lock_config=False)
@@ -143,10 +145,24 @@ def mode_stats():
         what = {"dataset": FLAGS.data, "split": FLAGS.split}
     else:
         raise app.UsageError("--mode=stats needs --images or --data")
-    feats, _ = extract(extractor, images)
+    feats, logits = extract(extractor, images)
     mu, sigma = feature_statistics(feats)
     save_stats(FLAGS.out, mu, sigma, image_count=len(images), **what, **manifest)
-    print(json.dumps({"stats": FLAGS.out, "count": len(images), **manifest}))
+    report = {"stats": FLAGS.out, "count": len(images), **manifest}
+    if FLAGS.save_features:
+        np.save(features_path(FLAGS.out), feats.astype(np.float32))
+        report["features"] = features_path(FLAGS.out)
+    if FLAGS.features == "inception":
+        from ddpm_jax.evaluation.inception_score import inception_score
+
+        is_logits = unbiased_logits(extractor, logits)
+        report["inception_score"], report["inception_score_std"] = inception_score(is_logits, min(10, len(feats)))
+    print(json.dumps(report))
+
+
+def features_path(stats_path: str) -> str:
+    """Where --save_features puts the raw features of a stats file (KID needs them; mu/sigma are not enough)."""
+    return stats_path[:-len(".npz")] + "_features.npy" if stats_path.endswith(".npz") else stats_path + "_features.npy"
 
 
 def mode_distance():
@@ -158,7 +174,16 @@ def mode_distance():
     check_compatible(m1, m2)
     space = m1.get("feature_space", m2.get("feature_space", "inception_pool3"))
     name = "fid" if space == "inception_pool3" else "fcd"
-    print(json.dumps({name: frechet_distance(mu1, s1, mu2, s2), "feature_space": space}))
+    report = {name: frechet_distance(mu1, s1, mu2, s2), "feature_space": space}
+    fa, fb = features_path(FLAGS.stats_a), features_path(FLAGS.stats_b)
+    if os.path.exists(fa) and os.path.exists(fb):
+        from ddpm_jax.evaluation.kid import kernel_inception_distance
+
+        f1, f2 = np.load(fa).astype(np.float64), np.load(fb).astype(np.float64)
+        kid_name = "kid" if space == "inception_pool3" else "kid_classifier"
+        report[kid_name], report[kid_name + "_std"] = kernel_inception_distance(
+            f1, f2, subset_size=min(1000, len(f1), len(f2)))
+    print(json.dumps(report))
 
 
 def mode_samples():

@@ -51,12 +51,14 @@ def test_stats_files_and_distance_mode(weights, tmp_path):
     a = tmp_path / "a.npz"
     np.savez(a, images=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
     out = str(tmp_path / "stats_a.npz")
-    evaluate("--mode=stats", "--features=inception", "--inception_weights=" + weights, "--images=" + str(a),
-             "--out=" + out, "--batch_size=5")
+    report = evaluate("--mode=stats", "--features=inception", "--inception_weights=" + weights,
+                      "--images=" + str(a), "--out=" + out, "--batch_size=5", "--save_features")
+    assert 1.0 <= report["inception_score"] <= 5.0 + 1e-6  # at most the number of images (one split each)
     mu, sigma, manifest = load_stats(out)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and manifest["image_count"] == 5
     assert manifest["resize_mode"] == "pytorch" and manifest["feature_space"] == "inception_pool3"
-    assert evaluate("--mode=distance", "--stats_a=" + out, "--stats_b=" + out)["fid"] == pytest.approx(0, abs=1e-6)
+    distance = evaluate("--mode=distance", "--stats_a=" + out, "--stats_b=" + out)
+    assert distance["fid"] == pytest.approx(0, abs=1e-6) and "kid" in distance
 
 
 def test_missing_inception_weights_is_one_clear_line(tmp_path):

@@ -198,14 +198,14 @@ _RES_LAYERS = {"norm1": "norm_0", "conv1": "conv_0", "norm2": "norm_1", "conv2":
                "conv_shortcut": "shortcut"}
 _ATTN_LAYERS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
                 "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-_TOP_LAYERS = {"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
+_TOP_LAYERS = ("quant_conv", "post_quant_conv")
 _CODER_LAYERS = {"conv_in": "conv_in", "conv_norm_out": "norm_out", "conv_out": "conv_out"}
 
 
 def _module_path(layer: str, num_levels: int) -> str:
     """diffusers module path (without `.weight`/`.bias`) -> our module path 'a/b/c'."""
     if layer in _TOP_LAYERS:
-        return _TOP_LAYERS[layer]
+        return layer
     coder, _, rest = layer.partition(".")
     if coder in ("encoder", "decoder"):
         if rest in _CODER_LAYERS:
@@ -259,7 +259,7 @@ def params_from_diffusers_state_dict(state_dict: dict[str, np.ndarray], model: A
         node = params
         for part in module.split("/"):
             node = node.setdefault(part, {})
-        if name in node:
+        if name in node and not np.array_equal(node[name], array):  # e.g. `conv` and its alias `Conv2d_0`
             raise KeyError(f"diffusers key {key} maps onto {module}/{name}, which another key already filled")
         node[name] = array
     params = {"params": params}
