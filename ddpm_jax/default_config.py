@@ -5,7 +5,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "diffusion"              # diffusion | classifier (the offline-metric classifier)
+    c.task = "diffusion"              # diffusion | classifier (the offline-metric classifier) | autoencoder
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME

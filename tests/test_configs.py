@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import ROOT
-from ddpm_jax.models.build import classifier_from_config, unet_from_config
+from ddpm_jax.models.build import autoencoder_from_config, classifier_from_config, unet_from_config
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
@@ -28,6 +28,9 @@ def test_config_builds_its_model(path):
     if cfg.task == "classifier":
         model = classifier_from_config(cfg.model, 10)
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    elif cfg.task == "autoencoder":
+        model = autoencoder_from_config(cfg.model, ch)
+        shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, x))
     else:
         model = unet_from_config(cfg.model, 10)
         y = jnp.zeros((1,), jnp.int32) if model.num_classes else None

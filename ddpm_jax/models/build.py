@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ddpm_jax.models.autoencoder import AutoencoderKL
 from ddpm_jax.models.classifier import Classifier
 from ddpm_jax.models.unet import UNet
 
@@ -34,3 +35,13 @@ def classifier_from_config(model_config, num_classes: int) -> Classifier:
     return Classifier(num_classes=num_classes, channels=tuple(model_config.get("channels", (32, 64, 128))),
                       feature_dim=model_config.get("feature_dim", 128), dropout=model_config.get("dropout", 0.1),
                       dtype=DTYPES[model_config.get("dtype", "float32")])
+
+
+def autoencoder_from_config(model_config, channels: int) -> AutoencoderKL:
+    """LDM's KL autoencoder; downsampling factor f = 2 ** (len(ch_mult) - 1)."""
+    return AutoencoderKL(in_channels=channels, ch=model_config.ch, ch_mult=tuple(model_config.ch_mult),
+                         num_res_blocks=model_config.num_res_blocks,
+                         attn_levels=tuple(model_config.get("attn_levels", ())),
+                         z_channels=model_config.get("z_channels", 4), embed_dim=model_config.get("embed_dim", 4),
+                         num_groups=model_config.get("num_groups", 32), dropout=model_config.get("dropout", 0.0),
+                         dtype=DTYPES[model_config.get("dtype", "float32")])

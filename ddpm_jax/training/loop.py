@@ -16,7 +16,7 @@ from clu import parameter_overview
 
 from ddpm_jax import diffusion
 from ddpm_jax.data import load_source, make_pipeline, resize_nearest, to_model_range, to_uint8
-from ddpm_jax.models.build import classifier_from_config, unet_from_config
+from ddpm_jax.models.build import autoencoder_from_config, classifier_from_config, unet_from_config
 from ddpm_jax.pipelines import images as image_io
 from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
 from ddpm_jax.training import sharding
@@ -24,10 +24,11 @@ from ddpm_jax.training.checkpoint import Checkpointer
 from ddpm_jax.training.logging import MetricWriter, Progress
 from ddpm_jax.training.optim import make_optimizer
 from ddpm_jax.training.state import TrainState, create_train_state
-from ddpm_jax.training.steps import make_classifier_loss, make_diffusion_loss, make_train_step
+from ddpm_jax.training.steps import (make_autoencoder_loss, make_classifier_loss, make_diffusion_loss,
+                                     make_train_step, psnr)
 
 log = logging.getLogger("ddpm_jax")
-TASKS = ("diffusion", "classifier")
+TASKS = ("diffusion", "classifier", "autoencoder")
 
 
 @dataclasses.dataclass
@@ -65,6 +66,8 @@ def build_run(config, split: Optional[str] = None) -> Run:
     task = config.get("task", "diffusion")
     if task == "classifier":
         model = classifier_from_config(config.model, source.num_classes)
+    elif task == "autoencoder":
+        model = autoencoder_from_config(config.model, source.images.shape[-1])
     else:
         model = unet_from_config(config.model, source.num_classes)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
@@ -77,6 +80,8 @@ def build_run(config, split: Optional[str] = None) -> Run:
         x = jnp.zeros((1,) + image_shape, jnp.float32)
         if task == "classifier":
             params = model.init({"params": k_params}, x, train=False)["params"]
+        elif task == "autoencoder":
+            params = model.init({"params": k_params, "sample": k_params}, x, train=False)["params"]
         else:
             y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
             params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
@@ -143,9 +148,13 @@ def train(config, workdir: str) -> TrainState:
         checkpointer.close()
         return state
 
-    classifier = config.get("task", "diffusion") == "classifier"
-    if classifier:
+    task = config.get("task", "diffusion")
+    classifier = task != "diffusion"  # no diffusion sampling for classifiers and autoencoders
+    if task == "classifier":
         loss_fn = make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
+    elif task == "autoencoder":
+        ae = config.get("autoencoder", {})
+        loss_fn = make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6))
     else:
         loss_fn = make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
                                       config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
@@ -188,15 +197,21 @@ def train(config, workdir: str) -> TrainState:
                 path = write_sample_grid(run, sample_fn, state.ema_params, done, workdir)
                 log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
                          config.sampling.get("num_steps"), path)
-        if classifier and main_process:
+        if task == "classifier" and main_process:
             scalars = evaluate_classifier(run, state.ema_params)
             writer.write(t.num_steps, scalars, prefix="eval")
             log.info("classifier on the test split: accuracy %.4f, loss %.4f", scalars["accuracy"], scalars["loss"])
+        if task == "autoencoder" and main_process:
+            scalars = evaluate_autoencoder(run, state.ema_params)
+            writer.write(t.num_steps, scalars, prefix="eval")
+            log.info("autoencoder (f=%d) on the test split: PSNR %.2f dB, L1 %.4f", run.model.downsample_factor,
+                     scalars["psnr"], scalars["l1"])
     finally:
         checkpointer.close()
         writer.close()
-    log.info("done: step %d. Samples: %s/samples; metrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); "
-             "checkpoints: %s", t.num_steps, workdir, workdir, workdir, checkpointer.directory)
+    samples = f"samples: {workdir}/samples; " if sample_fn is not None else ""
+    log.info("done: step %d. %smetrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); checkpoints: %s",
+             t.num_steps, samples, workdir, workdir, checkpointer.directory)
     return state
 
 
@@ -213,6 +228,20 @@ def evaluate_classifier(run: Run, params, split: str = "test", batch_size: int =
         correct += int(np.sum(np.argmax(logits, 1) == labels))
         nll -= float(np.sum(logp[np.arange(len(labels)), labels]))
     return {"accuracy": correct / len(source), "loss": nll / len(source)}
+
+
+def evaluate_autoencoder(run: Run, params, split: str = "test", batch_size: int = 200) -> Dict[str, float]:
+    """Reconstruction PSNR (dB) and L1 of the posterior mode on a held-out split."""
+    source = load_source(run.config.data.name, split, run.config.data.get("data_dir") or None)
+    recon = jax.jit(lambda p, x: run.model.apply({"params": p}, x, sample_posterior=False)[0])
+    total_psnr, total_l1 = 0.0, 0.0
+    for start in range(0, len(source), batch_size):
+        images, _ = source.take(np.arange(start, min(start + batch_size, len(source))))
+        x = jnp.asarray(to_model_range(resize_nearest(images, run.config.data.image_size)))
+        x_hat = recon(params, x)
+        total_psnr += float(jnp.sum(psnr(x_hat, x)))
+        total_l1 += float(jnp.sum(jnp.mean(jnp.abs(x_hat - x), axis=(1, 2, 3))))
+    return {"psnr": total_psnr / len(source), "l1": total_l1 / len(source)}
 
 
 def make_quality_hook(config, run: Run):

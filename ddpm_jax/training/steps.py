@@ -56,6 +56,31 @@ def make_classifier_loss(model, label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
+def psnr(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """Peak signal-to-noise ratio in dB for images in [-1, 1] (peak-to-peak 2), per example."""
+    mse = jnp.mean(jnp.square(x - y), axis=tuple(range(1, x.ndim)))
+    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
+
+
+def make_autoencoder_loss(model, reconstruction: str = "l1", kl_weight: float = 1e-6) -> LossFn:
+    """LDM's autoencoder objective without the adversarial term: reconstruction (L1 or L2, per element) plus
+    kl_weight * KL(q(z|x) || N(0, I)) per element of x. A large kl_weight makes it a VAE to sample from its prior."""
+    if reconstruction not in ("l1", "l2"):
+        raise ValueError(f"autoencoder.reconstruction must be l1 or l2, got {reconstruction!r}")
+
+    def loss_fn(params, batch, key):
+        k_sample, k_dropout = jax.random.split(key)
+        x = batch["image"]
+        x_hat, posterior = model.apply({"params": params}, x, k_sample, sample_posterior=True, train=True,
+                                       rngs={"dropout": k_dropout})
+        err = jnp.abs(x_hat - x) if reconstruction == "l1" else jnp.square(x_hat - x)
+        rec = jnp.mean(err)
+        kl = jnp.mean(posterior.kl()) / (x.size // x.shape[0])
+        return rec + kl_weight * kl, {"reconstruction": rec, "kl": kl, "psnr": jnp.mean(psnr(x_hat, x))}
+
+    return loss_fn
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     ema_decay: float) -> Callable[[TrainState, Dict[str, jnp.ndarray]], Tuple[TrainState, Dict]]:
     """One optimizer step. The RNG of step k is fold_in(run key, k), so a resumed run draws the same numbers."""
