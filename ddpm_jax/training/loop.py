@@ -149,21 +149,14 @@ def train(config, workdir: str) -> TrainState:
         return state
 
     task = config.get("task", "diffusion")
-    classifier = task != "diffusion"  # no diffusion sampling for classifiers and autoencoders
-    if task == "classifier":
-        loss_fn = make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
-    elif task == "autoencoder":
-        ae = config.get("autoencoder", {})
-        loss_fn = make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6))
-    else:
-        loss_fn = make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
-                                      config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
-    step_fn = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, config.optim.ema_decay),
+    step_fn = jax.jit(make_train_step(make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay),
                       in_shardings=(state_shardings, sharding.batch_sharding(run.mesh)),
                       out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-    sample_fn = None if classifier else make_sample_fn(run.model, run.schedule, config.sampling,
-                                                       config.diffusion.prediction_type)
-    quality = None if classifier else make_quality_hook(config, run)
+    diffusion_task = task == "diffusion"
+    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type) \
+        if diffusion_task else None
+    quality = make_quality_hook(config, run) if diffusion_task else None
+    eval_every, sample_every = config.eval.get("every", 0), t.get("sample_every", 0)
     writer = MetricWriter(workdir, enabled=main_process)
     progress = Progress(start, t.num_steps, t.batch_size)
     pending: List[Dict[str, jax.Array]] = []
@@ -174,26 +167,27 @@ def train(config, workdir: str) -> TrainState:
             pending.append(metrics)
             done = step + 1
             is_last = done == t.num_steps
-            if done % t.log_every == 0 or done % t.checkpoint_every == 0 or is_last:
+            due = lambda every: bool(every) and (done % every == 0 or is_last)
+            if due(t.log_every) or due(t.checkpoint_every) or due(eval_every) or due(sample_every):
                 bad = _first_nonfinite(pending)
                 if bad is not None:
                     raise FloatingPointError(
                         f"loss is NaN/Inf at step {done - len(pending) + bad + 1}; stopping before anything "
                         f"non-finite is saved (last checkpoint: step {last_saved}). Lower optim.lr, enable "
                         f"optim.grad_clip or check the data.")
-            if done % t.log_every == 0 or is_last:
+            if due(t.log_every):
                 scalars = _mean_metrics(pending)
                 scalars.update(progress.report(done, scalars))
                 writer.write(done, scalars)
                 pending = []
-            if done % t.checkpoint_every == 0 or is_last:
+            if due(t.checkpoint_every):
                 checkpointer.save(done, state)
                 last_saved = done
-            if quality is not None and (done % config.eval.every == 0 or is_last):
+            if quality is not None and due(eval_every):
                 scalars = quality(state.ema_params)
                 writer.write(done, scalars, prefix="eval")
                 log.info("eval at step %d: %s", done, " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-            if sample_fn is not None and main_process and t.get("sample_every", 0) and (done % t.sample_every == 0 or is_last):
+            if sample_fn is not None and main_process and due(sample_every):
                 path = write_sample_grid(run, sample_fn, state.ema_params, done, workdir)
                 log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
                          config.sampling.get("num_steps"), path)
@@ -213,6 +207,19 @@ def train(config, workdir: str) -> TrainState:
     log.info("done: step %d. %smetrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); checkpoints: %s",
              t.num_steps, samples, workdir, workdir, checkpointer.directory)
     return state
+
+
+def make_loss(config, run: Run):
+    """The loss of the config's task: L_simple for diffusion, cross-entropy for the classifier, L1/L2 + KL for the
+    autoencoder. Everything else about training is shared."""
+    t, task = config.training, config.get("task", "diffusion")
+    if task == "classifier":
+        return make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
+    if task == "autoencoder":
+        ae = config.get("autoencoder", {})
+        return make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6))
+    return make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
+                               config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
 
 
 def evaluate_classifier(run: Run, params, split: str = "test", batch_size: int = 500) -> Dict[str, float]:
