@@ -25,7 +25,8 @@ def check_sample_count(num_samples: int, dim: int) -> None:
                       stacklevel=2)
 
 
-def _check_gaussian(mu, sigma, name: str):
+def check_gaussian(mu, sigma, name: str):
+    """float64 (mu [d], sigma [d, d]), or a one-line ValueError naming ``name`` (shapes, NaN/Inf)."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{name}: expected mu [d] and sigma [d, d], got shapes {mu.shape} and {sigma.shape}")
@@ -64,8 +65,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 0.0) -> float:
     ``eps`` is pytorch-fid's offset, added to both covariances inside the cross term only: 0 gives the exact
     distance (what pytorch-fid returns whenever its ``sqrtm`` succeeds); 1e-6 reproduces its fallback branch.
     """
-    mu1, sigma1 = _check_gaussian(mu1, sigma1, "first Gaussian")
-    mu2, sigma2 = _check_gaussian(mu2, sigma2, "second Gaussian")
+    mu1, sigma1 = check_gaussian(mu1, sigma1, "first Gaussian")
+    mu2, sigma2 = check_gaussian(mu2, sigma2, "second Gaussian")
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dims differ: {mu1.shape[0]} vs {mu2.shape[0]}")
     if eps < 0:

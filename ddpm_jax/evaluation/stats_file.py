@@ -14,17 +14,9 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 import ddpm_jax
+from ddpm_jax.evaluation.fid import check_gaussian
 
 IDENTITY_KEYS = ("feature_space", "weights_sha256")
-
-
-def _check_stats(mu, sigma, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{where}: mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{where}: mu or sigma contains NaN or Inf")
-    return mu, sigma
 
 
 def _numpy_scalar(value):
@@ -41,7 +33,7 @@ def save_stats(path: str, mu, sigma, **manifest: Any) -> None:
     """
     if not str(path).endswith(".npz"):
         raise ValueError(f"stats path must end in .npz (pytorch-fid recognises stats files by it): {path}")
-    mu, sigma = _check_stats(mu, sigma, str(path))
+    mu, sigma = check_gaussian(mu, sigma, str(path))
     manifest.setdefault("created_by", f"ddpm_jax {ddpm_jax.__version__}")
     try:
         text = json.dumps(manifest, sort_keys=True, default=_numpy_scalar)
@@ -67,7 +59,7 @@ def load_stats(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
         if missing:
             raise ValueError(f"{path} has no {' or '.join(missing)} array (keys: {f.files}); expected a pytorch-fid "
                              "stats .npz")
-        mu, sigma = _check_stats(f["mu"], f["sigma"], path)
+        mu, sigma = check_gaussian(f["mu"], f["sigma"], path)
         inner = json.loads(str(f["manifest"])) if "manifest" in f.files else None
     sidecar = None
     if os.path.isfile(f"{path}.json"):

@@ -13,6 +13,7 @@ Run: python tests/golden/make_autoencoder_golden.py   (needs torch and diffusers
 """
 import json
 import os
+import sys
 
 import diffusers
 import diffusers.utils.import_utils
@@ -21,6 +22,9 @@ import torch
 
 diffusers.utils.import_utils._transformers_available = False  # AutoencoderKL needs no transformers (may be mis-pinned)
 from diffusers import AutoencoderKL  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_reference import param_count, perturb_  # noqa: E402
 
 SD_VAE_CONFIG = dict(  # stabilityai/sd-vae-ft-mse config.json (the same network as SD v1's VAE)
     in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -37,19 +41,6 @@ SMALL_CONFIGS = {
                  up_block_types=("UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D")),
 }
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autoencoder_diffusers.npz")
-
-
-def param_count(model: torch.nn.Module) -> int:
-    """Number of distinct trainable scalars."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def perturb_(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Add N(0, 0.1^2 * mean(p^2) + 0.02^2) noise to every tensor, so zero biases and unit norm scales move too."""
-    with torch.no_grad():
-        for p in model.parameters():
-            std = (0.1 * p.pow(2).mean().sqrt() + 0.02).item()
-            p.add_(std * torch.randn(p.shape, generator=generator))
 
 
 def golden_arrays(tag: str, config: dict, seed: int) -> dict:

@@ -9,6 +9,7 @@ Run: python tests/golden/make_unet_golden.py   (needs torch and diffusers; the t
 """
 import json
 import os
+import sys
 
 import diffusers
 import diffusers.utils.import_utils
@@ -17,6 +18,9 @@ import torch
 
 diffusers.utils.import_utils._transformers_available = False  # UNet2DModel needs no transformers (may be mis-pinned)
 from diffusers import UNet2DModel  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_reference import param_count, perturb_  # noqa: E402
 
 DDPM_CIFAR10_CONFIG = dict(  # google/ddpm-cifar10-32 unet/config.json
     sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
@@ -32,19 +36,6 @@ SMALL_CONFIG = dict(
     num_class_embeds=10, dropout=0.1,
 )
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unet_diffusers.npz")
-
-
-def param_count(model: torch.nn.Module) -> int:
-    """Number of distinct trainable scalars."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def perturb_(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Add N(0, 0.1^2 * mean(p^2) + 0.02^2) noise to every tensor, so zero biases and unit norm scales move too."""
-    with torch.no_grad():
-        for p in model.parameters():
-            std = (0.1 * p.pow(2).mean().sqrt() + 0.02).item()
-            p.add_(std * torch.randn(p.shape, generator=generator))
 
 
 def main() -> None:
