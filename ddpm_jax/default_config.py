@@ -5,7 +5,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "diffusion"              # diffusion | classifier (the offline-metric classifier) | autoencoder
+    c.task = "diffusion"              # diffusion | latent_diffusion | classifier (offline metric) | autoencoder
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
@@ -63,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.num_grid = 64
     c.sampling.batch_size = 64
     c.sampling.seed = 0
+
+    c.latent = ml_collections.ConfigDict()
+    c.latent.autoencoder_workdir = ""  # latent_diffusion: a trained configs/autoencoder_*.py workdir (frozen)
+    c.latent.scale_factor = 0.0       # 0: 1 / std of the training latents (LDM)
+    c.latent.num_scale_images = 2048
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                  # steps between sample-quality evaluations; 0: off

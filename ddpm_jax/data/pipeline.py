@@ -97,3 +97,23 @@ def make_pipeline(config, source: ArraySource, process_index: int = 0, process_c
     return BatchPipeline(source, batch_size or config.training.batch_size, config.data.image_size,
                          seed=config.seed, random_flip=config.data.get("random_flip", False),
                          process_index=process_index, process_count=process_count)
+
+
+@dataclasses.dataclass
+class ArrayPipeline:
+    """Batches of precomputed float arrays (e.g. autoencoder latents) with the same step -> batch rule."""
+
+    arrays: np.ndarray
+    labels: np.ndarray
+    global_batch_size: int
+    seed: int = 0
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        self._slice = process_slice(self.global_batch_size, self.process_index, self.process_count)
+        global_batch_indices(0, self.global_batch_size, len(self.arrays), self.seed)
+
+    def batch(self, step: int) -> Dict[str, np.ndarray]:
+        idx = global_batch_indices(step, self.global_batch_size, len(self.arrays), self.seed)[self._slice]
+        return {"image": np.asarray(self.arrays[idx], np.float32), "label": np.asarray(self.labels[idx], np.int32)}

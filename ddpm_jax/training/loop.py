@@ -15,7 +15,7 @@ import scipy.special
 from clu import parameter_overview
 
 from ddpm_jax import diffusion
-from ddpm_jax.data import load_source, make_pipeline, resize_nearest, to_model_range, to_uint8
+from ddpm_jax.data import ArrayPipeline, load_source, make_pipeline, resize_nearest, to_model_range, to_uint8
 from ddpm_jax.models.build import autoencoder_from_config, classifier_from_config, unet_from_config
 from ddpm_jax.pipelines import images as image_io
 from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
@@ -28,7 +28,8 @@ from ddpm_jax.training.steps import (make_autoencoder_loss, make_classifier_loss
                                      make_train_step, psnr)
 
 log = logging.getLogger("ddpm_jax")
-TASKS = ("diffusion", "classifier", "autoencoder")
+TASKS = ("diffusion", "classifier", "autoencoder", "latent_diffusion")
+DIFFUSION_TASKS = ("diffusion", "latent_diffusion")
 
 
 @dataclasses.dataclass
@@ -42,8 +43,13 @@ class Run:
     tx: Any
     lr_schedule: Any
     mesh: Any
-    image_shape: tuple
+    image_shape: tuple  # what the model sees: pixels, or latents for latent diffusion
     init_fn: Callable[[jax.Array], TrainState]
+    latent: Optional[Any] = None  # LatentSpace of the frozen autoencoder (latent diffusion)
+
+    def to_pixels(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs as images in [-1, 1]: decoded through the autoencoder for latent diffusion."""
+        return np.asarray(x) if self.latent is None else self.latent.decode(np.asarray(x))
 
 
 def validate_config(config) -> None:
@@ -74,6 +80,13 @@ def build_run(config, split: Optional[str] = None) -> Run:
     tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
     mesh = sharding.make_mesh(config.mesh.get("data", -1), config.mesh.get("fsdp", 1))
     image_shape = (config.data.image_size, config.data.image_size, source.images.shape[-1])
+    latent = None
+    if task == "latent_diffusion":
+        from ddpm_jax.training.latent import load_latent_space
+
+        latent = load_latent_space(config.latent, source.images, config.data.image_size)
+        f = latent.model.downsample_factor
+        image_shape = (config.data.image_size // f, config.data.image_size // f, latent.model.embed_dim)
 
     def init_fn(key):
         k_params, k_run = jax.random.split(key)
@@ -87,7 +100,7 @@ def build_run(config, split: Optional[str] = None) -> Run:
             params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
         return create_train_state(params, tx, k_run)
 
-    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn)
+    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent)
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
@@ -120,7 +133,8 @@ def write_sample_grid(run: Run, sample_fn, params, step: int, workdir: str) -> s
     x = generate(sample_fn, params, jax.random.key(run.config.seed + 1), num, run.image_shape,
                  run.config.sampling.get("batch_size", 64), labels)
     ncols = run.model.num_classes or None
-    return image_io.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), to_uint8(x), ncols)
+    return image_io.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), to_uint8(run.to_pixels(x)),
+                              ncols)
 
 
 def train(config, workdir: str) -> TrainState:
@@ -132,7 +146,7 @@ def train(config, workdir: str) -> TrainState:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     t = config.training
-    pipeline = make_pipeline(config, run.source, jax.process_index(), jax.process_count())
+    pipeline = make_data_pipeline(run, workdir, main_process)
     checkpointer = Checkpointer(workdir, t.get("keep_checkpoints", 3), t.get("async_checkpointing", True))
     state, state_shardings = restore_or_init(run, checkpointer)
     start = int(jax.device_get(state.step))
@@ -152,7 +166,7 @@ def train(config, workdir: str) -> TrainState:
     step_fn = jax.jit(make_train_step(make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay),
                       in_shardings=(state_shardings, sharding.batch_sharding(run.mesh)),
                       out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-    diffusion_task = task == "diffusion"
+    diffusion_task = task in DIFFUSION_TASKS
     sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type) \
         if diffusion_task else None
     quality = make_quality_hook(config, run) if diffusion_task else None
@@ -207,6 +221,23 @@ def train(config, workdir: str) -> TrainState:
     log.info("done: step %d. %smetrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); checkpoints: %s",
              t.num_steps, samples, workdir, workdir, checkpointer.directory)
     return state
+
+
+def make_data_pipeline(run: Run, workdir: str, main_process: bool):
+    """Pixel batches, or for latent diffusion the dataset encoded once by the frozen autoencoder and scaled."""
+    config = run.config
+    if run.latent is None:
+        return make_pipeline(config, run.source, jax.process_index(), jax.process_count())
+    from ddpm_jax.training.latent import check_or_write_record
+
+    if main_process:
+        check_or_write_record(run.latent, workdir)
+    latents = run.latent.encode(run.source.images, config.data.image_size) * run.latent.scale_factor
+    log.info("encoded %d images to latents %s with the autoencoder of %s (scale factor %.5f)", len(latents),
+             "x".join(map(str, latents.shape[1:])), run.latent.autoencoder_workdir, run.latent.scale_factor)
+    labels = run.source.labels if run.source.labels is not None else np.zeros(len(latents), np.int32)
+    return ArrayPipeline(latents, labels, config.training.batch_size, config.seed, jax.process_index(),
+                         jax.process_count())
 
 
 def make_loss(config, run: Run):
@@ -297,7 +328,7 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
     params = state.ema_params if use_ema else state.params
     x = generate(sample_fn, params, jax.random.key(config.sampling.get("seed", 0)), num, run.image_shape,
                  config.sampling.get("batch_size", 64), labels)
-    images = to_uint8(x)
+    images = to_uint8(run.to_pixels(x))
     s = config.sampling
     name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_step{step}"
     out_dir = os.path.join(workdir, "samples")

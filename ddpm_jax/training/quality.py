@@ -86,4 +86,4 @@ class SampleQuality:
         x = generate(self.sample_fn, params, jax.random.key(self.seed), self.num_samples, self.run.image_shape,
                      self.run.config.sampling.get("batch_size", 64), self.labels)
         labels = self.labels if self.run.model.num_classes else None
-        return score_images(self.features, to_uint8(x), self.ref_stats, self.ref_features, labels)
+        return score_images(self.features, to_uint8(self.run.to_pixels(x)), self.ref_stats, self.ref_features, labels)
