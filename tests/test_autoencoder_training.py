@@ -3,6 +3,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 
 from conftest import tiny_config
 from test_training import assert_trees_equal
@@ -36,3 +37,13 @@ def test_autoencoder_resume_is_bit_identical(tmp_path):
     resumed = loop.train(autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 2}),
                          str(tmp_path / "b"))
     assert_trees_equal(straight, resumed)
+
+
+def test_autoencoder_samples_from_its_prior_as_a_vae(tmp_path):
+    cfg = autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 4})
+    cfg.autoencoder.kl_weight, cfg.autoencoder.reconstruction = 0.02, "l2"
+    loop.train(cfg, str(tmp_path))
+    out = loop.sample(cfg, str(tmp_path), num=5)
+    assert os.path.basename(out["npz"]) == "vae_prior_step4.npz"
+    images = np.load(out["npz"])["images"]
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8 and images.std() > 0

@@ -317,22 +317,39 @@ def load_trained(workdir: str, use_ema: bool = True):
     return config, run.model, (state.ema_params if use_ema else state.params)
 
 
+def sample_vae_prior(run: Run, params, key: jax.Array, num: int, batch_size: int = 256) -> np.ndarray:
+    """Images in [-1, 1] decoded from latents drawn from the KL prior N(0, I): the autoencoder as a VAE generator."""
+    model = run.model
+    f, size = model.downsample_factor, run.config.data.image_size
+    z = jax.random.normal(key, (num, size // f, size // f, model.embed_dim))
+    decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=model.decode))
+    return np.concatenate([np.asarray(decode(params, z[i:i + batch_size])) for i in range(0, num, batch_size)])
+
+
 def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_ema: bool = True,
            labels: Optional[np.ndarray] = None) -> Dict[str, str]:
     """Load the latest checkpoint of ``workdir`` and write ``num`` samples as a PNG grid and a uint8 ``.npz``."""
     run = build_run(config)
     state = restore_trained(run, workdir)
     step = int(jax.device_get(state.step))
-    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
-    labels = default_labels(num, run.model.num_classes) if labels is None else labels
     params = state.ema_params if use_ema else state.params
-    x = generate(sample_fn, params, jax.random.key(config.sampling.get("seed", 0)), num, run.image_shape,
-                 config.sampling.get("batch_size", 64), labels)
-    images = to_uint8(run.to_pixels(x))
+    key = jax.random.key(config.sampling.get("seed", 0))
     s = config.sampling
-    name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_step{step}"
+    if config.get("task", "diffusion") == "autoencoder":  # the VAE baseline: decode z ~ N(0, I)
+        labels = np.zeros(num, np.int32) if labels is None else labels
+        images = to_uint8(sample_vae_prior(run, params, key, num))
+        name = out_name or f"vae_prior_step{step}"
+    elif config.get("task", "diffusion") in DIFFUSION_TASKS:
+        sample_fn = make_sample_fn(run.model, run.schedule, s, config.diffusion.prediction_type)
+        labels = default_labels(num, run.model.num_classes) if labels is None else labels
+        x = generate(sample_fn, params, key, num, run.image_shape, s.get("batch_size", 64), labels)
+        images = to_uint8(run.to_pixels(x))
+        name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_step{step}"
+    else:
+        raise ValueError(f"--mode=sample needs a diffusion or autoencoder run, not task {config.task!r}")
     out_dir = os.path.join(workdir, "samples")
-    png = image_io.save_grid(os.path.join(out_dir, name + ".png"), images, run.model.num_classes or None)
+    ncols = getattr(run.model, "num_classes", None)  # one class per column for class-conditional models
+    png = image_io.save_grid(os.path.join(out_dir, name + ".png"), images, ncols)
     npz = os.path.join(out_dir, name + ".npz")
     np.savez_compressed(npz, images=images, labels=np.asarray(labels, np.int32))
     with open(os.path.join(out_dir, name + ".json"), "w") as f:
