@@ -3,6 +3,10 @@
 `--mode=sample` decodes z ~ N(0, I) (8x8x4) to 32x32 images, scored by the same evaluate command as diffusion.
 With L2 reconstruction per element, kl_weight = 2 sigma^2 makes the loss the negative ELBO (per element) of a
 Gaussian decoder with standard deviation sigma; 0.02 is sigma = 0.1 on the [-1, 1] pixel scale.
+
+Not yet tuned: at 0.02 (1,500 steps, CPU) the held-out PSNR is 27.3 dB but the KL stays at 0.28 nats per element and
+prior samples are textures (FCD 28.5 against a real-data floor of 0.13 with classifier_fashion_mnist). A larger
+KL weight trades reconstruction for a usable prior; the VAE-vs-diffusion experiment is where it gets set.
 """
 import os
 import sys
