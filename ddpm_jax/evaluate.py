@@ -99,13 +99,17 @@ def unbiased_logits(extractor, logits: np.ndarray) -> np.ndarray:
 
 
 def extract(extractor, images: np.ndarray):
+    """(features, logits) in float64; Inception logits without the fc bias (see unbiased_logits)."""
     from ddpm_jax.evaluation.fid import check_sample_count
 
     t = time.perf_counter()
     feats, logits = extractor(images, progress=True) if FLAGS.features == "inception" else extractor(images)
     log.info("features of %d images in %.1f s", len(images), time.perf_counter() - t)
     check_sample_count(len(feats), feats.shape[1])
-    return np.asarray(feats, np.float64), np.asarray(logits, np.float64)
+    logits = np.asarray(logits, np.float64)
+    if FLAGS.features == "inception":
+        logits = unbiased_logits(extractor, logits)  # what the Inception Score uses
+    return np.asarray(feats, np.float64), logits
 
 
 def metrics_for(feats, logits, ref_feats, ref_stats, space: str, labels=None):
@@ -118,7 +122,7 @@ def metrics_for(feats, logits, ref_feats, ref_stats, space: str, labels=None):
     fd = frechet_distance(mu, sigma, *ref_stats)
     kid_mean, kid_std = kernel_inception_distance(feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
     if space == "inception_pool3":
-        # callers pass pool3 @ W (no fc bias), see unbiased_logits; 10 splits as in the original code
+        # logits are pool3 @ W (no fc bias) from extract; 10 splits as in the original code
         is_mean, is_std = inception_score(logits, splits=min(10, len(logits)))
         return {"fid": fd, "kid": kid_mean, "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std}
     out = {"fcd": fd, "kid_classifier": kid_mean, "kid_classifier_std": kid_std}
@@ -155,8 +159,7 @@ def mode_stats():
     if FLAGS.features == "inception":
         from ddpm_jax.evaluation.inception_score import inception_score
 
-        is_logits = unbiased_logits(extractor, logits)
-        report["inception_score"], report["inception_score_std"] = inception_score(is_logits, min(10, len(feats)))
+        report["inception_score"], report["inception_score_std"] = inception_score(logits, min(10, len(feats)))
     print(json.dumps(report))
 
 
@@ -201,20 +204,17 @@ def mode_samples():
     samples = np.load(out["npz"])
     images, labels = samples["images"], samples["labels"]
     feats, logits = extract(extractor, images)
-    if FLAGS.features == "inception":
-        logits = unbiased_logits(extractor, logits)
     ref_feats, _ = extract(extractor, ref)
+    ref_stats = feature_statistics(ref_feats)
     conditional = bool(config.model.get("class_conditional", False))
-    result = metrics_for(feats, logits, ref_feats, feature_statistics(ref_feats), manifest["feature_space"],
+    result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
     if FLAGS.baseline_split:
         held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.get("data_dir") or None)
         real = resize_nearest(held_out.images[:FLAGS.num_samples], config.data.image_size)
         real_feats, real_logits = extract(extractor, real)
-        if FLAGS.features == "inception":
-            real_logits = unbiased_logits(extractor, real_logits)
-        floor = metrics_for(real_feats, real_logits, ref_feats, feature_statistics(ref_feats),
-                            manifest["feature_space"], held_out.labels[:FLAGS.num_samples] if conditional else None)
+        floor = metrics_for(real_feats, real_logits, ref_feats, ref_stats, manifest["feature_space"],
+                            held_out.labels[:FLAGS.num_samples] if conditional else None)
         result.update({f"real_{FLAGS.baseline_split}_{k}": v for k, v in floor.items()})
         result[f"real_{FLAGS.baseline_split}_count"] = len(real)
     result.update({"num_samples": len(images), "reference": f"{config.data.name}/{config.data.split} "

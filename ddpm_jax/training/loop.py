@@ -174,7 +174,7 @@ def train(config, workdir: str) -> TrainState:
     writer = MetricWriter(workdir, enabled=main_process)
     progress = Progress(start, t.num_steps, t.batch_size)
     pending: List[Dict[str, jax.Array]] = []
-    last_saved = checkpointer.steps()[-1] if checkpointer.steps() else None
+    last_saved = max(checkpointer.steps(), default=None)
     try:
         for step in range(start, t.num_steps):
             state, metrics = step_fn(state, sharding.global_batch(pipeline.batch(step), run.mesh))
@@ -253,33 +253,41 @@ def make_loss(config, run: Run):
                                config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
 
 
+def held_out_batches(run: Run, split: str, batch_size: int):
+    """Yield (x [B, H, W, C] in [-1, 1], labels [B]) over a held-out split, preprocessed as in training; and its size."""
+    source = load_source(run.config.data.name, split, run.config.data.get("data_dir") or None)
+
+    def batches():
+        for start in range(0, len(source), batch_size):
+            images, labels = source.take(np.arange(start, min(start + batch_size, len(source))))
+            yield jnp.asarray(to_model_range(resize_nearest(images, run.config.data.image_size))), labels
+
+    return batches(), len(source)
+
+
 def evaluate_classifier(run: Run, params, split: str = "test", batch_size: int = 500) -> Dict[str, float]:
     """Accuracy and cross-entropy of a trained classifier on a held-out split."""
-    source = load_source(run.config.data.name, split, run.config.data.get("data_dir") or None)
     apply = jax.jit(lambda p, x: run.model.apply({"params": p}, x, train=False)["logits"])
+    batches, n = held_out_batches(run, split, batch_size)
     correct, nll = 0, 0.0
-    for start in range(0, len(source), batch_size):
-        images, labels = source.take(np.arange(start, min(start + batch_size, len(source))))
-        x = to_model_range(resize_nearest(images, run.config.data.image_size))
-        logits = np.asarray(apply(params, jnp.asarray(x)), np.float64)
+    for x, labels in batches:
+        logits = np.asarray(apply(params, x), np.float64)
         logp = scipy.special.log_softmax(logits, axis=1)
         correct += int(np.sum(np.argmax(logits, 1) == labels))
         nll -= float(np.sum(logp[np.arange(len(labels)), labels]))
-    return {"accuracy": correct / len(source), "loss": nll / len(source)}
+    return {"accuracy": correct / n, "loss": nll / n}
 
 
 def evaluate_autoencoder(run: Run, params, split: str = "test", batch_size: int = 200) -> Dict[str, float]:
     """Reconstruction PSNR (dB) and L1 of the posterior mode on a held-out split."""
-    source = load_source(run.config.data.name, split, run.config.data.get("data_dir") or None)
     recon = jax.jit(lambda p, x: run.model.apply({"params": p}, x, sample_posterior=False)[0])
+    batches, n = held_out_batches(run, split, batch_size)
     total_psnr, total_l1 = 0.0, 0.0
-    for start in range(0, len(source), batch_size):
-        images, _ = source.take(np.arange(start, min(start + batch_size, len(source))))
-        x = jnp.asarray(to_model_range(resize_nearest(images, run.config.data.image_size)))
+    for x, _ in batches:
         x_hat = recon(params, x)
         total_psnr += float(jnp.sum(psnr(x_hat, x)))
         total_l1 += float(jnp.sum(jnp.mean(jnp.abs(x_hat - x), axis=(1, 2, 3))))
-    return {"psnr": total_psnr / len(source), "l1": total_l1 / len(source)}
+    return {"psnr": total_psnr / n, "l1": total_l1 / n}
 
 
 def make_quality_hook(config, run: Run):

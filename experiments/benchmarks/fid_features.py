@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 
 from inception_random_weights import random_state_dict  # noqa: E402
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-              "MALLOC_TOP_PAD_": "1073741824"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from malloc_env import reexec_with_malloc_env  # noqa: E402
 GOLDEN = os.path.join(ROOT, "tests", "golden", "inception_pytorch_fid.npz")
 
 
@@ -86,8 +86,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--no-reexec", action="store_true")
     args = parser.parse_args()
-    if not args.no_reexec and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable] + sys.argv + ["--no-reexec"], {**os.environ, **MALLOC_ENV})
+    reexec_with_malloc_env(args.no_reexec)
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
           f"{args.images} uint8 32x32 images, batch {args.batch}")
     images = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)

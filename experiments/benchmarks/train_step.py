@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-              "MALLOC_TOP_PAD_": "1073741824"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from malloc_env import MALLOC_ENV, reexec_with_malloc_env  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -116,8 +116,7 @@ def main():
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-reexec", action="store_true")
     args = p.parse_args()
-    if not args.no_reexec and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable] + sys.argv + ["--no-reexec"], {**os.environ, **MALLOC_ENV})
+    reexec_with_malloc_env(args.no_reexec)
 
     import jax
 
