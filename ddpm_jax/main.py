@@ -1,8 +1,10 @@
 """Command line: ``python -m ddpm_jax.main --config=configs/NAME.py --workdir=DIR [--mode=train|sample]``.
 
 Config values are overridden with ``--config.training.num_steps=100`` etc. Re-running ``train`` in the same workdir
-resumes from the latest checkpoint. ``sample`` writes ``--num_samples`` images (PNG grid + uint8 .npz) from the EMA
-parameters of the latest checkpoint; sampler and steps come from ``--config.sampling.*``.
+resumes from the latest checkpoint; SIGTERM (e.g. a TPU preemption notice) saves a checkpoint and exits with status 0.
+Multi-process training: the same command on every host (``ddpm_jax/training/distributed.py``, ``launch_tpu.sh``).
+``sample`` writes ``--num_samples`` images (PNG grid + uint8 .npz) from the EMA parameters of the latest checkpoint;
+sampler and steps come from ``--config.sampling.*``.
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,10 +20,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    from ddpm_jax.training import loop  # after flag parsing: importing JAX is slow
+    from ddpm_jax.training import distributed  # after flag parsing: importing JAX is slow
     from ddpm_jax.training.logging import run_cli, setup_logging
 
     setup_logging()
+    if FLAGS.mode == "train":  # join the multi-process job (TPU pod, $DDPM_JAX_*) before any JAX computation
+        run_cli(lambda: distributed.initialize_from_env(FLAGS.config))
+        distributed.log_from_process_0_only()
+    from ddpm_jax.training import loop
+
     if FLAGS.mode == "train":
         run_cli(lambda: loop.train(FLAGS.config, FLAGS.workdir))
     else:
