@@ -5,8 +5,6 @@ CPU-sized: 1,500 steps at batch 32 take ~6 minutes on 2 cores (XLA:CPU convoluti
 Other factors: --config.model.ch_mult='(1,2)' (f=2), '(1,2,2,4)' (f=8); a VAE baseline to sample from its prior:
 --config.autoencoder.kl_weight=1.0 (see the latent-diffusion issue).
 """
-import ml_collections
-
 from ddpm_jax.default_config import base_config
 
 
@@ -23,7 +21,6 @@ def get_config():
     c.model.z_channels = 4
     c.model.embed_dim = 4
     c.model.num_groups = 8
-    c.autoencoder = ml_collections.ConfigDict()
     c.autoencoder.reconstruction = "l1"
     c.autoencoder.kl_weight = 1e-6   # LDM's KL-regularised autoencoders use ~1e-6
     c.training.batch_size = 32

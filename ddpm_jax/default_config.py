@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_groups = 32
     c.model.num_heads = 1
     c.model.class_conditional = False
-    c.model.dtype = "float32"
+    c.model.dtype = "float32"          # compute dtype; "bfloat16" = mixed precision (params, optimizer state, loss: float32)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"   # linear | cosine | scaled_linear (ddpm_jax.diffusion.register_schedule adds more)
@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.async_checkpointing = True
     c.training.sample_every = 0       # 0: only at the end
     c.training.cond_drop_prob = 0.0   # classifier-free guidance: probability of the null label
+    c.training.grad_accum_steps = 1   # micro-batches per optimizer step (batch_size / k each, gradients averaged)
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver_pp_2m
@@ -63,6 +64,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.num_grid = 64
     c.sampling.batch_size = 64
     c.sampling.seed = 0
+
+    c.autoencoder = ml_collections.ConfigDict()  # task=autoencoder (LDM's KL autoencoder, or a VAE)
+    c.autoencoder.reconstruction = "l1"  # l1 | l2, per element
+    c.autoencoder.kl_weight = 1e-6    # LDM ~1e-6; a VAE to sample from its prior needs far more
+    c.autoencoder.disc_weight = 0.0   # > 0: patch discriminator, adversarial term weight (LDM/taming: 0.5)
+    c.autoencoder.disc_start = 0      # step from which the adversarial terms are on
+    c.autoencoder.disc_ch = 64
+    c.autoencoder.disc_layers = 3
 
     c.latent = ml_collections.ConfigDict()
     c.latent.autoencoder_workdir = ""  # latent_diffusion: a trained configs/autoencoder_*.py workdir (frozen)
@@ -80,4 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1                  # -1: all devices not used by fsdp
     c.mesh.fsdp = 1
     c.mesh.fsdp_min_size = 2**14      # arrays smaller than this stay replicated
+
+    c.distributed = ml_collections.ConfigDict()  # multi-process runs (ddpm_jax/training/distributed.py)
+    c.distributed.coordinator = ""    # "host:port" of process 0; "" = $DDPM_JAX_COORDINATOR, or TPU auto-detection
+    c.distributed.num_processes = 0   # 0 = $DDPM_JAX_NUM_PROCESSES
+    c.distributed.process_id = -1     # -1 = $DDPM_JAX_PROCESS_ID
+    c.distributed.auto_detect = True  # on a Cloud TPU VM: jax.distributed.initialize() with no arguments
+    c.distributed.timeout_s = 300     # how long to wait for all processes to join
     return c

@@ -47,3 +47,41 @@ def test_autoencoder_samples_from_its_prior_as_a_vae(tmp_path):
     assert os.path.basename(out["npz"]) == "vae_prior_step4.npz"
     images = np.load(out["npz"])["images"]
     assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8 and images.std() > 0
+
+
+def test_hinge_losses_match_their_definitions():
+    from ddpm_jax.models.discriminator import generator_loss, hinge_d_loss
+
+    real, fake = np.array([2.0, 0.5, -1.0]), np.array([-3.0, 0.0, 1.5])
+    expected = 0.5 * (np.mean(np.maximum(0, 1 - real)) + np.mean(np.maximum(0, 1 + fake)))
+    np.testing.assert_allclose(float(hinge_d_loss(real, fake)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(generator_loss(fake)), -np.mean(fake), rtol=1e-6)
+
+
+def test_patch_discriminator_switches_on_at_its_start_step(tmp_path):
+    """Before disc_start the discriminator's parameters do not move and the loss is the plain autoencoder loss; after
+    it they do, the run checkpoints both players, and a loaded autoencoder has no discriminator."""
+    import jax
+
+    cfg = autoencoder_config(**{"training.num_steps": 6, "training.checkpoint_every": 3, "training.log_every": 3,
+                                "optim.warmup_steps": 1})
+    cfg.autoencoder.update(disc_weight=0.5, disc_start=3, disc_ch=8, disc_layers=1, disc_groups=4)
+    run = loop.build_run(cfg)
+    init = run.init_fn(jax.random.key(cfg.seed))
+    assert set(init.params) == {"autoencoder", "discriminator"}
+    mid = loop.train(_with_steps(cfg, 3), str(tmp_path))
+    assert_trees_equal(mid.params["discriminator"], init.params["discriminator"])
+    final = loop.train(cfg, str(tmp_path))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), final.params["discriminator"],
+                                         init.params["discriminator"]))
+    assert max(moved) > 0
+    records = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert all(np.isfinite(r["train/d_loss"]) for r in records if "train/d_loss" in r)
+    _, model, params = loop.load_trained(str(tmp_path))
+    assert sorted(params) == ["decoder", "encoder", "post_quant_conv", "quant_conv"]
+
+
+def _with_steps(cfg, num_steps):
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.training.num_steps = num_steps
+    return c

@@ -45,3 +45,17 @@ def autoencoder_from_config(model_config, channels: int) -> AutoencoderKL:
                          z_channels=model_config.get("z_channels", 4), embed_dim=model_config.get("embed_dim", 4),
                          num_groups=model_config.get("num_groups", 32), dropout=model_config.get("dropout", 0.0),
                          dtype=DTYPES[model_config.get("dtype", "float32")])
+
+
+def discriminator_from_config(autoencoder_config) -> "PatchDiscriminator | None":
+    """The autoencoder's patch discriminator when ``autoencoder.disc_weight > 0``, else None (no adversarial loss)."""
+    from ddpm_jax.models.discriminator import PatchDiscriminator
+
+    weight = autoencoder_config.get("disc_weight", 0.0)
+    if weight < 0:
+        raise ValueError(f"autoencoder.disc_weight must be >= 0, got {weight}")
+    if weight == 0:
+        return None
+    return PatchDiscriminator(ch=autoencoder_config.get("disc_ch", 64),
+                              num_layers=autoencoder_config.get("disc_layers", 3),
+                              num_groups=autoencoder_config.get("disc_groups", 8))

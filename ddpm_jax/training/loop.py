@@ -16,15 +16,17 @@ from clu import parameter_overview
 
 from ddpm_jax import diffusion
 from ddpm_jax.data import ArrayPipeline, load_source, make_pipeline, resize_nearest, to_model_range, to_uint8
-from ddpm_jax.models.build import autoencoder_from_config, classifier_from_config, unet_from_config
+from ddpm_jax.models.build import (autoencoder_from_config, classifier_from_config, discriminator_from_config,
+                                   unet_from_config)
 from ddpm_jax.pipelines import images as image_io
 from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
 from ddpm_jax.training import sharding
 from ddpm_jax.training.checkpoint import Checkpointer
+from ddpm_jax.training.distributed import PreemptionWatch
 from ddpm_jax.training.logging import MetricWriter, Progress
 from ddpm_jax.training.optim import make_optimizer
 from ddpm_jax.training.state import TrainState, create_train_state
-from ddpm_jax.training.steps import (make_autoencoder_loss, make_classifier_loss, make_diffusion_loss,
+from ddpm_jax.training.steps import (autoencoder_params, make_autoencoder_loss, make_classifier_loss, make_diffusion_loss,
                                      make_train_step, psnr)
 
 log = logging.getLogger("ddpm_jax")
@@ -46,6 +48,7 @@ class Run:
     image_shape: tuple  # what the model sees: pixels, or latents for latent diffusion
     init_fn: Callable[[jax.Array], TrainState]
     latent: Optional[Any] = None  # LatentSpace of the frozen autoencoder (latent diffusion)
+    discriminator: Optional[Any] = None  # the autoencoder's patch discriminator (autoencoder.disc_weight > 0)
 
     def to_pixels(self, x: np.ndarray) -> np.ndarray:
         """Model outputs as images in [-1, 1]: decoded through the autoencoder for latent diffusion."""
@@ -70,10 +73,12 @@ def build_run(config, split: Optional[str] = None) -> Run:
     validate_config(config)
     source = load_source(config.data.name, split or config.data.split, config.data.get("data_dir") or None)
     task = config.get("task", "diffusion")
+    discriminator = None
     if task == "classifier":
         model = classifier_from_config(config.model, source.num_classes)
     elif task == "autoencoder":
         model = autoencoder_from_config(config.model, source.images.shape[-1])
+        discriminator = discriminator_from_config(config.get("autoencoder", {}))
     else:
         model = unet_from_config(config.model, source.num_classes)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
@@ -95,12 +100,15 @@ def build_run(config, split: Optional[str] = None) -> Run:
             params = model.init({"params": k_params}, x, train=False)["params"]
         elif task == "autoencoder":
             params = model.init({"params": k_params, "sample": k_params}, x, train=False)["params"]
+            if discriminator is not None:
+                k_disc = jax.random.fold_in(k_params, 1)
+                params = {"autoencoder": params, "discriminator": discriminator.init(k_disc, x)["params"]}
         else:
             y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
             params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
         return create_train_state(params, tx, k_run)
 
-    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent)
+    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent, discriminator)
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
@@ -163,7 +171,11 @@ def train(config, workdir: str) -> TrainState:
         return state
 
     task = config.get("task", "diffusion")
-    step_fn = jax.jit(make_train_step(make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay),
+    accum = t.get("grad_accum_steps", 1)
+    if accum < 1 or t.batch_size % (accum * jax.device_count()):
+        raise ValueError(f"training.batch_size {t.batch_size} must split into training.grad_accum_steps={accum} "
+                         f"micro-batches that divide evenly over {jax.device_count()} devices")
+    step_fn = jax.jit(make_train_step(make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay, accum),
                       in_shardings=(state_shardings, sharding.batch_sharding(run.mesh)),
                       out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
     diffusion_task = task in DIFFUSION_TASKS
@@ -175,6 +187,8 @@ def train(config, workdir: str) -> TrainState:
     progress = Progress(start, t.num_steps, t.batch_size)
     pending: List[Dict[str, jax.Array]] = []
     last_saved = max(checkpointer.steps(), default=None)
+    preemption = PreemptionWatch()
+    preempted = False
     try:
         for step in range(start, t.num_steps):
             state, metrics = step_fn(state, sharding.global_batch(pipeline.batch(step), run.mesh))
@@ -182,7 +196,8 @@ def train(config, workdir: str) -> TrainState:
             done = step + 1
             is_last = done == t.num_steps
             due = lambda every: bool(every) and (done % every == 0 or is_last)
-            if due(t.log_every) or due(t.checkpoint_every) or due(eval_every) or due(sample_every):
+            preempted = preemption.reached(done) and not is_last
+            if due(t.log_every) or due(t.checkpoint_every) or due(eval_every) or due(sample_every) or preempted:
                 bad = _first_nonfinite(pending)
                 if bad is not None:
                     raise FloatingPointError(
@@ -194,33 +209,55 @@ def train(config, workdir: str) -> TrainState:
                 scalars.update(progress.report(done, scalars))
                 writer.write(done, scalars)
                 pending = []
-            if due(t.checkpoint_every):
-                checkpointer.save(done, state)
+            if due(t.checkpoint_every) or (preempted and last_saved != done):
+                checkpointer.save(done, state, force=preempted)
                 last_saved = done
+            if preempted:  # SIGTERM: the step is finished and saved; wait for the async write, then stop
+                checkpointer.wait()
+                log.info("preempted (SIGTERM) after step %d: saved checkpoint %s/%d; exiting, run the same command "
+                         "to resume", done, checkpointer.directory, done)
+                break
             if quality is not None and due(eval_every):
                 scalars = quality(state.ema_params)
                 writer.write(done, scalars, prefix="eval")
                 log.info("eval at step %d: %s", done, " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-            if sample_fn is not None and main_process and due(sample_every):
-                path = write_sample_grid(run, sample_fn, state.ema_params, done, workdir)
-                log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
-                         config.sampling.get("num_steps"), path)
-        if task == "classifier" and main_process:
-            scalars = evaluate_classifier(run, state.ema_params)
+            if sample_fn is not None and due(sample_every):
+                ema_params = host_params(state.ema_params)  # collective: every process takes part
+                if main_process:
+                    path = write_sample_grid(run, sample_fn, ema_params, done, workdir)
+                    log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
+                             config.sampling.get("num_steps"), path)
+        if task in ("classifier", "autoencoder") and not preempted:
+            ema_params = host_params(state.ema_params)
+        if task == "classifier" and main_process and not preempted:
+            scalars = evaluate_classifier(run, ema_params)
             writer.write(t.num_steps, scalars, prefix="eval")
             log.info("classifier on the test split: accuracy %.4f, loss %.4f", scalars["accuracy"], scalars["loss"])
-        if task == "autoencoder" and main_process:
-            scalars = evaluate_autoencoder(run, state.ema_params)
+        if task == "autoencoder" and main_process and not preempted:
+            scalars = evaluate_autoencoder(run, ema_params)
             writer.write(t.num_steps, scalars, prefix="eval")
             log.info("autoencoder (f=%d) on the test split: PSNR %.2f dB, L1 %.4f", run.model.downsample_factor,
                      scalars["psnr"], scalars["l1"])
     finally:
+        preemption.close()
         checkpointer.close()
         writer.close()
+    if preempted:
+        return state
     samples = f"samples: {workdir}/samples; " if sample_fn is not None else ""
     log.info("done: step %d. %smetrics: %s/metrics.jsonl (TensorBoard: %s/tensorboard); checkpoints: %s",
              t.num_steps, samples, workdir, workdir, checkpointer.directory)
     return state
+
+
+def host_params(params: Any) -> Any:
+    """Parameters as arrays this process can compute with alone: with several processes a sharded array spans hosts,
+    so all processes gather it (collectively) before process 0 samples or evaluates on its own."""
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
 
 
 def make_data_pipeline(run: Run, workdir: str, main_process: bool):
@@ -248,7 +285,8 @@ def make_loss(config, run: Run):
         return make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
     if task == "autoencoder":
         ae = config.get("autoencoder", {})
-        return make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6))
+        return make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6),
+                                     run.discriminator, ae.get("disc_weight", 0.0), ae.get("disc_start", 0))
     return make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
                                config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
 
@@ -281,6 +319,7 @@ def evaluate_classifier(run: Run, params, split: str = "test", batch_size: int =
 def evaluate_autoencoder(run: Run, params, split: str = "test", batch_size: int = 200) -> Dict[str, float]:
     """Reconstruction PSNR (dB) and L1 of the posterior mode on a held-out split."""
     recon = jax.jit(lambda p, x: run.model.apply({"params": p}, x, sample_posterior=False)[0])
+    params = autoencoder_params(params)
     batches, n = held_out_batches(run, split, batch_size)
     total_psnr, total_l1 = 0.0, 0.0
     for x, _ in batches:
@@ -322,7 +361,8 @@ def load_trained(workdir: str, use_ema: bool = True):
         config = ml_collections.ConfigDict(json.load(f))
     run = build_run(config)
     state = restore_trained(run, workdir)
-    return config, run.model, (state.ema_params if use_ema else state.params)
+    params = state.ema_params if use_ema else state.params
+    return config, run.model, (autoencoder_params(params) if config.get("task") == "autoencoder" else params)
 
 
 def sample_vae_prior(run: Run, params, key: jax.Array, num: int, batch_size: int = 256) -> np.ndarray:
@@ -331,6 +371,7 @@ def sample_vae_prior(run: Run, params, key: jax.Array, num: int, batch_size: int
     f, size = model.downsample_factor, run.config.data.image_size
     z = jax.random.normal(key, (num, size // f, size // f, model.embed_dim))
     decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=model.decode))
+    params = autoencoder_params(params)
     return np.concatenate([np.asarray(decode(params, z[i:i + batch_size])) for i in range(0, num, batch_size)])
 
 
