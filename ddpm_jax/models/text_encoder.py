@@ -82,10 +82,12 @@ def masked_mean(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
 
 
-def _check_folder(path: str, random_init: bool) -> None:
+def check_model_folder(path: str, random_init: bool = False, what: str = "text encoder") -> None:
+    """One-line FileNotFoundError naming the path unless ``path`` holds config.json, weights and tokenizer files."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"text encoder folder {path} does not exist: expected a Hugging Face model folder "
-                                f"(config.json, weights, tokenizer files); for all-MiniLM-L6-v2: {MINILM_HINT}")
+        hint = f"; for all-MiniLM-L6-v2: {MINILM_HINT}" if what == "text encoder" else ""
+        raise FileNotFoundError(f"{what} folder {path} does not exist: expected a Hugging Face model folder "
+                                f"(config.json, weights, tokenizer files){hint}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{os.path.join(path, 'config.json')} not found: not a Hugging Face model folder")
     if not random_init and not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
@@ -143,7 +145,7 @@ class TextEncoder:
         import transformers
 
         path = os.path.abspath(os.fspath(path))
-        _check_folder(path, random_init)
+        check_model_folder(path, random_init)
         config = _load_config(path)
         class_name, layers_field, self.pooling = ARCHITECTURES[config.model_type]
         depth = getattr(config, layers_field)
