@@ -1,7 +1,6 @@
 """Small CLIP, its contrastive loss (against a numpy reference), CLIP score formulas, pretrained Flax CLIP loading."""
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp

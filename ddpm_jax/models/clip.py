@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -177,11 +177,11 @@ class PretrainedCLIP:
 
         import transformers
 
-        from ddpm_jax.models.text_encoder import _quiet_transformers, check_model_folder
+        from ddpm_jax.models.text_encoder import quiet_transformers, check_model_folder
 
         path = os.path.abspath(os.fspath(path))
         check_model_folder(path, what="CLIP")
-        with _quiet_transformers():
+        with quiet_transformers():
             self.model = transformers.FlaxCLIPModel.from_pretrained(path, local_files_only=True)
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.params = self.model.params

@@ -98,7 +98,7 @@ def check_model_folder(path: str, random_init: bool = False, what: str = "text e
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence the expected load messages (dropped layers when num_layers < depth, the Flax deprecation notice)."""
     import warnings
 
@@ -158,7 +158,7 @@ class TextEncoder:
             raise ValueError(f"max_length must be in 2..{max_positions or 'any'} for {path}, got {max_length}")
         patch_transformers_for_jax()
         cls = getattr(transformers, class_name)
-        with _quiet_transformers():
+        with quiet_transformers():
             if random_init:
                 model = cls(config, seed=seed, _do_init=True)
                 params = model.params
