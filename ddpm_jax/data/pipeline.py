@@ -79,8 +79,12 @@ class BatchPipeline:
     def image_shape(self) -> Tuple[int, int, int]:
         return (self.image_size, self.image_size, self.source.images.shape[-1])
 
+    def indices(self, step: int) -> np.ndarray:
+        """Dataset indices of this process's examples of global batch ``step``."""
+        return global_batch_indices(step, self.global_batch_size, len(self.source), self.seed)[self._slice]
+
     def batch(self, step: int) -> Dict[str, np.ndarray]:
-        idx = global_batch_indices(step, self.global_batch_size, len(self.source), self.seed)[self._slice]
+        idx = self.indices(step)
         images, labels = self.source.take(idx)
         images = resize_nearest(images, self.image_size)
         if self.random_flip:
@@ -114,6 +118,10 @@ class ArrayPipeline:
         self._slice = process_slice(self.global_batch_size, self.process_index, self.process_count)
         global_batch_indices(0, self.global_batch_size, len(self.arrays), self.seed)
 
+    def indices(self, step: int) -> np.ndarray:
+        """Indices of this process's examples of global batch ``step``."""
+        return global_batch_indices(step, self.global_batch_size, len(self.arrays), self.seed)[self._slice]
+
     def batch(self, step: int) -> Dict[str, np.ndarray]:
-        idx = global_batch_indices(step, self.global_batch_size, len(self.arrays), self.seed)[self._slice]
+        idx = self.indices(step)
         return {"image": np.asarray(self.arrays[idx], np.float32), "label": np.asarray(self.labels[idx], np.int32)}

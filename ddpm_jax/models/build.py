@@ -10,8 +10,10 @@ from ddpm_jax.models.unet import UNet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def unet_from_config(model_config, num_classes: int | None = None) -> UNet:
-    """The U-Net denoiser; class-conditional when ``model_config.class_conditional`` and ``num_classes`` is known."""
+def unet_from_config(model_config, num_classes: int | None = None, context_dim: int | None = None,
+                     pooled_dim: int | None = None) -> UNet:
+    """The U-Net denoiser; class-conditional when ``model_config.class_conditional`` and ``num_classes`` is known;
+    text-conditional (cross-attention to [B, L, context_dim] tokens, pooled [B, pooled_dim] vector) when given."""
     conditional = model_config.get("class_conditional", False)
     if conditional and not num_classes:
         raise ValueError("model.class_conditional needs a dataset with labels (num_classes > 0)")
@@ -22,6 +24,9 @@ def unet_from_config(model_config, num_classes: int | None = None) -> UNet:
         attn_resolutions=tuple(model_config.attn_resolutions),
         dropout=model_config.dropout,
         num_classes=num_classes if conditional else None,
+        context_dim=context_dim,
+        cross_attn_resolutions=tuple(model_config.get("cross_attn_resolutions", ())) or None,
+        pooled_dim=pooled_dim,
         num_heads=model_config.get("num_heads", 1),
         num_groups=model_config.get("num_groups", 32),
         dtype=DTYPES[model_config.get("dtype", "float32")],

@@ -2,8 +2,9 @@
 
 With the defaults and a 32x32x3 input this is exactly the DDPM CIFAR-10 network (35,746,307 parameters), the same
 network as diffusers' `UNet2DModel` for `google/ddpm-cifar10-32`; `ddpm_jax.models.convert` maps its weights here.
-Optional extras: class conditioning with a null label (classifier-free guidance, Ho & Salimans 2022) and
-cross-attention to a token sequence (LDM / Imagen text conditioning).
+Optional extras: class conditioning with a null label (classifier-free guidance, Ho & Salimans 2022),
+cross-attention to a token sequence (LDM / Imagen text conditioning) and a pooled text vector projected and added to
+the time embedding (Imagen sec. 2.2). All are off by default, so the default parameter tree is unchanged.
 """
 from typing import Any, Optional, Sequence
 
@@ -32,7 +33,10 @@ class UNet(nn.Module):
 
     Call: `x` [B, H, W, C] float, `t` [B] (or scalar) DDPM time indices in [0, T), possibly fractional; `y` [B] int
     labels where `num_classes` means "no label" (None = all null); `context` [B, L, context_dim] with optional
-    `context_mask` [B, L] bool. Returns [B, H, W, out_channels] float32.
+    `context_mask` [B, L] bool; `pooled` [B, pooled_dim]. Returns [B, H, W, out_channels] float32.
+
+    Cross-attention (when `context_dim` is set) follows the middle self-attention and every feature map whose height is
+    in `cross_attn_resolutions` (None: the same heights as `attn_resolutions`).
     """
     ch: int = 128
     ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -42,16 +46,18 @@ class UNet(nn.Module):
     out_channels: Optional[int] = None
     num_classes: Optional[int] = None
     context_dim: Optional[int] = None
+    cross_attn_resolutions: Optional[Sequence[int]] = None  # None: attn_resolutions
+    pooled_dim: Optional[int] = None  # width of a pooled text vector added (projected) to the time embedding
     num_heads: int = 1
     num_groups: int = 32
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, y: Optional[jnp.ndarray] = None,
-                 context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None, *,
-                 train: bool = False) -> jnp.ndarray:
-        self._check_inputs(x, y, context, context_mask)
-        temb = self._embed(x.shape[0], t, y)
+                 context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None,
+                 pooled: Optional[jnp.ndarray] = None, *, train: bool = False) -> jnp.ndarray:
+        self._check_inputs(x, y, context, context_mask, pooled)
+        temb = self._embed(x.shape[0], t, y, pooled)
         cond = dict(temb=temb, context=context, context_mask=context_mask, train=train)
         h = conv3x3(self.ch * self.ch_mult[0], self.dtype, "conv_in")(x.astype(self.dtype))
         h, skips = self._down(h, cond)
@@ -61,7 +67,7 @@ class UNet(nn.Module):
         out_ch = self.out_channels or x.shape[-1]
         return conv3x3(out_ch, self.dtype, "conv_out", kernel_init=zero_init)(h).astype(jnp.float32)
 
-    def _check_inputs(self, x, y, context, context_mask) -> None:
+    def _check_inputs(self, x, y, context, context_mask, pooled=None) -> None:
         """Fail early on inputs that do not fit this configuration."""
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
@@ -74,15 +80,22 @@ class UNet(nn.Module):
             raise ValueError(f"context must be given exactly when context_dim is set (context_dim={self.context_dim})")
         if context_mask is not None and context is None:
             raise ValueError("context_mask was given without context")
+        if (pooled is None) != (self.pooled_dim is None):
+            raise ValueError(f"pooled must be given exactly when pooled_dim is set (pooled_dim={self.pooled_dim})")
 
-    def _embed(self, batch: int, t: jnp.ndarray, y: Optional[jnp.ndarray]) -> jnp.ndarray:
-        """Timestep embedding, plus a learned class embedding (row `num_classes` is the null label)."""
+    def _embed(self, batch: int, t: jnp.ndarray, y: Optional[jnp.ndarray],
+               pooled: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """Timestep embedding, plus a learned class embedding (row `num_classes` is the null label), plus a linear
+        projection of the pooled text vector."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
         temb = TimeEmbedding(self.ch, self.dtype, name="time_embed")(t)
         if self.num_classes is not None:
             if y is None:
                 y = jnp.full((batch,), self.num_classes, jnp.int32)
             temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embed")(y)
+        if self.pooled_dim is not None:
+            proj = nn.Dense(4 * self.ch, kernel_init=default_init, dtype=self.dtype, name="pooled_proj")
+            temb = temb + proj(pooled.astype(self.dtype))
         return temb
 
     def _res(self, h, out_ch: int, name: str, cond: dict) -> jnp.ndarray:
@@ -90,12 +103,23 @@ class UNet(nn.Module):
         block = ResBlock(out_ch, self.dropout, self.num_groups, self.dtype, name=name)
         return block(h, cond["temb"], train=cond["train"])
 
-    def _attn(self, h, prefix: str, suffix: str, cond: dict) -> jnp.ndarray:
+    def _attn(self, h, prefix: str, suffix: str, cond: dict, self_attn: bool = True,
+              cross_attn: bool = True) -> jnp.ndarray:
         """Self-attention `{prefix}attn{suffix}`, then cross-attention `{prefix}xattn{suffix}` if context_dim is set."""
-        h = AttnBlock(self.num_heads, self.num_groups, self.dtype, name=f"{prefix}attn{suffix}")(h)
-        if self.context_dim is not None:
+        if self_attn:
+            h = AttnBlock(self.num_heads, self.num_groups, self.dtype, name=f"{prefix}attn{suffix}")(h)
+        if cross_attn and self.context_dim is not None:
             xattn = CrossAttnBlock(self.num_heads, self.num_groups, self.dtype, name=f"{prefix}xattn{suffix}")
             h = xattn(h, cond["context"].astype(self.dtype), cond["context_mask"])
+        return h
+
+    def _attn_at(self, h, prefix: str, suffix: str, cond: dict) -> jnp.ndarray:
+        """The attention layers this feature map's height asks for (self at attn_resolutions, cross at
+        cross_attn_resolutions)."""
+        cross_res = self.attn_resolutions if self.cross_attn_resolutions is None else self.cross_attn_resolutions
+        self_attn, cross_attn = h.shape[1] in self.attn_resolutions, h.shape[1] in cross_res
+        if self_attn or (cross_attn and self.context_dim is not None):
+            h = self._attn(h, prefix, suffix, cond, self_attn, cross_attn)
         return h
 
     def _down(self, h, cond: dict):
@@ -104,8 +128,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
                 h = self._res(h, self.ch * mult, f"down_{level}_res_{j}", cond)
-                if h.shape[1] in self.attn_resolutions:
-                    h = self._attn(h, f"down_{level}_", f"_{j}", cond)
+                h = self._attn_at(h, f"down_{level}_", f"_{j}", cond)
                 skips.append(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
@@ -125,8 +148,7 @@ class UNet(nn.Module):
             for j in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = self._res(h, self.ch * self.ch_mult[level], f"up_{level}_res_{j}", cond)
-                if h.shape[1] in self.attn_resolutions:
-                    h = self._attn(h, f"up_{level}_", f"_{j}", cond)
+                h = self._attn_at(h, f"up_{level}_", f"_{j}", cond)
             if level != 0:
                 h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
         return h

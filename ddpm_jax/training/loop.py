@@ -30,8 +30,10 @@ from ddpm_jax.training.steps import (autoencoder_params, make_autoencoder_loss, 
                                      make_train_step, psnr)
 
 log = logging.getLogger("ddpm_jax")
-TASKS = ("diffusion", "classifier", "autoencoder", "latent_diffusion")
-DIFFUSION_TASKS = ("diffusion", "latent_diffusion")
+TASKS = ("diffusion", "classifier", "autoencoder", "latent_diffusion", "text_diffusion", "latent_text_diffusion", "clip")
+DIFFUSION_TASKS = ("diffusion", "latent_diffusion", "text_diffusion", "latent_text_diffusion")
+LATENT_TASKS = ("latent_diffusion", "latent_text_diffusion")
+TEXT_TASKS = ("text_diffusion", "latent_text_diffusion", "clip")  # captioned data through a frozen text encoder
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class Run:
     init_fn: Callable[[jax.Array], TrainState]
     latent: Optional[Any] = None  # LatentSpace of the frozen autoencoder (latent diffusion)
     discriminator: Optional[Any] = None  # the autoencoder's patch discriminator (autoencoder.disc_weight > 0)
+    text: Optional[Any] = None  # TextConditioning (text tasks): frozen encoder, captions, null condition, prompts
 
     def to_pixels(self, x: np.ndarray) -> np.ndarray:
         """Model outputs as images in [-1, 1]: decoded through the autoencoder for latent diffusion."""
@@ -67,18 +70,35 @@ def validate_config(config) -> None:
     diffusion.process.check_prediction_type(config.diffusion.prediction_type)
     if config.get("task", "diffusion") not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; use one of {TASKS}")
+    if config.get("task") in TEXT_TASKS:
+        from ddpm_jax.training.text import validate_text_config
+
+        validate_text_config(config)
 
 
 def build_run(config, split: Optional[str] = None) -> Run:
     validate_config(config)
-    source = load_source(config.data.name, split or config.data.split, config.data.get("data_dir") or None)
     task = config.get("task", "diffusion")
+    text = None
+    if task in TEXT_TASKS:  # captioned data (templates over labels, or folder:PATH) and the frozen text encoder
+        from ddpm_jax.training.text import load_text_data
+
+        source, text = load_text_data(config, split or config.data.split)
+    else:
+        source = load_source(config.data.name, split or config.data.split, config.data.get("data_dir") or None)
     discriminator = None
-    if task == "classifier":
+    if task == "clip":
+        from ddpm_jax.training.text import clip_from_config
+
+        model = clip_from_config(config.clip)
+    elif task == "classifier":
         model = classifier_from_config(config.model, source.num_classes)
     elif task == "autoencoder":
         model = autoencoder_from_config(config.model, source.images.shape[-1])
         discriminator = discriminator_from_config(config.get("autoencoder", {}))
+    elif text is not None:
+        model = unet_from_config(config.model, source.num_classes, text.encoder.dim,
+                                 text.encoder.dim if config.text.get("use_pooled", True) else None)
     else:
         model = unet_from_config(config.model, source.num_classes)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
@@ -86,7 +106,7 @@ def build_run(config, split: Optional[str] = None) -> Run:
     mesh = sharding.make_mesh(config.mesh.get("data", -1), config.mesh.get("fsdp", 1))
     image_shape = (config.data.image_size, config.data.image_size, source.images.shape[-1])
     latent = None
-    if task == "latent_diffusion":
+    if task in LATENT_TASKS:
         from ddpm_jax.training.latent import load_latent_space
 
         latent = load_latent_space(config.latent, source.images, config.data.image_size)
@@ -96,7 +116,17 @@ def build_run(config, split: Optional[str] = None) -> Run:
     def init_fn(key):
         k_params, k_run = jax.random.split(key)
         x = jnp.zeros((1,) + image_shape, jnp.float32)
-        if task == "classifier":
+        if task == "clip":
+            from ddpm_jax.models.clip import init_clip
+
+            params = init_clip(model, k_params, image_shape, text.encoder.dim)
+        elif text is not None:
+            n = text.encoder.max_length
+            params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), None,
+                                jnp.zeros((1, n, model.context_dim)), jnp.ones((1, n), bool),
+                                None if model.pooled_dim is None else jnp.zeros((1, model.pooled_dim)),
+                                train=False)["params"]
+        elif task == "classifier":
             params = model.init({"params": k_params}, x, train=False)["params"]
         elif task == "autoencoder":
             params = model.init({"params": k_params, "sample": k_params}, x, train=False)["params"]
@@ -108,7 +138,8 @@ def build_run(config, split: Optional[str] = None) -> Run:
             params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
         return create_train_state(params, tx, k_run)
 
-    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent, discriminator)
+    return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent, discriminator,
+               text)
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
@@ -137,6 +168,10 @@ def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
 
 def write_sample_grid(run: Run, sample_fn, params, step: int, workdir: str) -> str:
     num = run.config.sampling.get("num_grid", 64)
+    if run.text is not None:
+        from ddpm_jax.training.text import text_sample_grid
+
+        return text_sample_grid(run, sample_fn, params, num, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
     labels = default_labels(num, run.model.num_classes)
     x = generate(sample_fn, params, jax.random.key(run.config.seed + 1), num, run.image_shape,
                  run.config.sampling.get("batch_size", 64), labels)
@@ -180,7 +215,12 @@ def train(config, workdir: str) -> TrainState:
                       out_shardings=(state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
     diffusion_task = task in DIFFUSION_TASKS
     sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type) \
-        if diffusion_task else None
+        if diffusion_task and run.text is None else None
+    if diffusion_task and run.text is not None:
+        from ddpm_jax.pipelines.text import make_text_sample_fn
+
+        sample_fn = make_text_sample_fn(run.model, run.schedule, config.sampling, run.text.null,
+                                        config.diffusion.prediction_type)
     quality = make_quality_hook(config, run) if diffusion_task else None
     eval_every, sample_every = config.eval.get("every", 0), t.get("sample_every", 0)
     writer = MetricWriter(workdir, enabled=main_process)
@@ -227,8 +267,15 @@ def train(config, workdir: str) -> TrainState:
                     path = write_sample_grid(run, sample_fn, ema_params, done, workdir)
                     log.info("samples (EMA, %s, %s steps) -> %s", config.sampling.sampler,
                              config.sampling.get("num_steps"), path)
-        if task in ("classifier", "autoencoder") and not preempted:
+        if task in ("classifier", "autoencoder", "clip") and not preempted:
             ema_params = host_params(state.ema_params)
+        if task == "clip" and main_process and not preempted:
+            from ddpm_jax.training.text import evaluate_clip
+
+            scalars = evaluate_clip(run, ema_params)
+            writer.write(t.num_steps, scalars, prefix="eval")
+            log.info("CLIP on the test split: zero-shot class accuracy %.4f, CLIP score %.2f (class prompts)",
+                     scalars["zero_shot_accuracy"], scalars["clip_score"])
         if task == "classifier" and main_process and not preempted:
             scalars = evaluate_classifier(run, ema_params)
             writer.write(t.num_steps, scalars, prefix="eval")
@@ -263,6 +310,16 @@ def host_params(params: Any) -> Any:
 def make_data_pipeline(run: Run, workdir: str, main_process: bool):
     """Pixel batches, or for latent diffusion the dataset encoded once by the frozen autoencoder and scaled."""
     config = run.config
+    if run.text is not None:  # the same image/latent batches, plus each example's caption condition
+        from ddpm_jax.training.text import TextPipeline, check_or_write_record
+
+        if main_process:
+            check_or_write_record(run.text, workdir)
+        embeddings = run.text.embed_dataset(os.path.join(workdir, "text_cache"))
+        log.info("text encoder %r: %d captions (%d unique) embedded (cache %s/text_cache)", run.text.encoder,
+                 len(run.text.captions), len(embeddings.texts), workdir)
+        inner = make_data_pipeline(dataclasses.replace(run, text=None), workdir, main_process)
+        return TextPipeline(inner, embeddings, "pooled" if config.task == "clip" else "cond")
     if run.latent is None:
         return make_pipeline(config, run.source, jax.process_index(), jax.process_count())
     from ddpm_jax.training.latent import check_or_write_record
@@ -281,6 +338,15 @@ def make_loss(config, run: Run):
     """The loss of the config's task: L_simple for diffusion, cross-entropy for the classifier, L1/L2 + KL for the
     autoencoder. Everything else about training is shared."""
     t, task = config.training, config.get("task", "diffusion")
+    if task == "clip":
+        from ddpm_jax.models.clip import make_clip_loss
+
+        return make_clip_loss(run.model, config.clip.get("same_label_positives", True))
+    if run.text is not None:
+        from ddpm_jax.training.text import make_text_diffusion_loss
+
+        return make_text_diffusion_loss(run.model, run.schedule, run.text.null, config.diffusion.prediction_type,
+                                        config.diffusion.get("loss_weighting", "none"), config.text.cond_drop_prob)
     if task == "classifier":
         return make_classifier_loss(run.model, t.get("label_smoothing", 0.0))
     if task == "autoencoder":
@@ -352,13 +418,18 @@ def restore_trained(run: Run, workdir: str) -> TrainState:
     return state
 
 
-def load_trained(workdir: str, use_ema: bool = True):
-    """(config, model, params) of the latest checkpoint of a finished or running workdir, from its config.json."""
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json); a one-line error if there is none."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ddpm_jax workdir (train there first)")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained(workdir: str, use_ema: bool = True):
+    """(config, model, params) of the latest checkpoint of a finished or running workdir, from its config.json."""
+    config = read_workdir_config(workdir)
     run = build_run(config)
     state = restore_trained(run, workdir)
     params = state.ema_params if use_ema else state.params
@@ -388,6 +459,11 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
         labels = np.zeros(num, np.int32) if labels is None else labels
         images = to_uint8(sample_vae_prior(run, params, key, num))
         name = out_name or f"vae_prior_step{step}"
+    elif run.text is not None and config.task != "clip":  # one prompt per class (per grid column)
+        from ddpm_jax.training.text import text_samples
+
+        images, labels, _ = text_samples(run, params, key, num, s.get("guidance_scale", 1.0))
+        name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_w{s.get('guidance_scale', 1.0):g}_step{step}"
     elif config.get("task", "diffusion") in DIFFUSION_TASKS:
         sample_fn = make_sample_fn(run.model, run.schedule, s, config.diffusion.prediction_type)
         labels = default_labels(num, run.model.num_classes) if labels is None else labels
@@ -398,6 +474,8 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
         raise ValueError(f"--mode=sample needs a diffusion or autoencoder run, not task {config.task!r}")
     out_dir = os.path.join(workdir, "samples")
     ncols = getattr(run.model, "num_classes", None)  # one class per column for class-conditional models
+    if run.text is not None:
+        ncols = len(run.text.prompts)  # one prompt per column
     png = image_io.save_grid(os.path.join(out_dir, name + ".png"), images, ncols)
     npz = os.path.join(out_dir, name + ".npz")
     np.savez_compressed(npz, images=images, labels=np.asarray(labels, np.int32))

@@ -66,8 +66,20 @@ class SampleQuality:
         ref_images = run.source.images
         self.ref_features, _ = features(ref_images)
         self.ref_stats = feature_statistics(self.ref_features)
-        self.sample_fn = make_sample_fn(run.model, run.schedule, sampling_config, run.config.diffusion.prediction_type)
         self.labels = default_labels(num_samples, run.model.num_classes)
+        self.cond = None
+        if run.text is not None:  # text-to-image: one class prompt per label, at the config's guidance scale
+            from ddpm_jax.pipelines.text import make_text_sample_fn
+
+            self.sample_fn = make_text_sample_fn(run.model, run.schedule, sampling_config, run.text.null,
+                                                 run.config.diffusion.prediction_type)
+            self.labels = default_labels(num_samples, len(run.text.prompts))
+            self.cond = run.text.encode([run.text.prompts[i] for i in self.labels])
+            self.class_labels = run.source.labels is not None
+        else:
+            self.sample_fn = make_sample_fn(run.model, run.schedule, sampling_config,
+                                            run.config.diffusion.prediction_type)
+            self.class_labels = bool(run.model.num_classes)
 
     @classmethod
     def from_config(cls, config, run) -> "SampleQuality":
@@ -83,7 +95,14 @@ class SampleQuality:
         return cls(run, features, sampling, ev.get("num_samples", 1000), config.seed + 2)
 
     def __call__(self, params) -> Dict[str, float]:
-        x = generate(self.sample_fn, params, jax.random.key(self.seed), self.num_samples, self.run.image_shape,
-                     self.run.config.sampling.get("batch_size", 64), self.labels)
-        labels = self.labels if self.run.model.num_classes else None
+        batch_size = self.run.config.sampling.get("batch_size", 64)
+        if self.cond is not None:
+            from ddpm_jax.pipelines.text import generate_from_text
+
+            x = generate_from_text(self.sample_fn, params, jax.random.key(self.seed), self.cond, self.run.image_shape,
+                                   batch_size)
+        else:
+            x = generate(self.sample_fn, params, jax.random.key(self.seed), self.num_samples, self.run.image_shape,
+                         batch_size, self.labels)
+        labels = self.labels if self.class_labels else None
         return score_images(self.features, to_uint8(self.run.to_pixels(x)), self.ref_stats, self.ref_features, labels)
