@@ -29,6 +29,7 @@ usage: launch_tpu.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [opti
   --repo URL [--ref REF]    git clone URL (at REF) on the workers instead of copying this working tree
   --detach                  run under nohup (log: ~/ddpm_jax_train.log on each worker) and return
   --dry-run                 print the commands, run nothing
+Flags after -- go to every worker's ddpm_jax.main in double quotes, so '$HOME/...' expands on the workers.
 EOF
   exit 2
 }
@@ -61,6 +62,12 @@ done
 # Quote one word for a POSIX shell (plain words stay bare so that printed commands stay readable).
 quote() {
   if [[ $1 =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+# Quote a ddpm_jax.main flag for the workers' shell in double quotes: $VARS expand there (e.g. '$HOME/data').
+quote_remote() {
+  local a=${1//\\/\\\\}
+  a=${a//\"/\\\"}; a=${a//\`/\\\`}
+  if [[ $1 =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then printf '%s' "$1"; else printf '"%s"' "$a"; fi
 }
 show() {
   local out="" word
@@ -126,7 +133,7 @@ fi
 
 # 5. train: the same command on all workers.
 TRAIN="python3 -m ddpm_jax.main --config=$(quote "$CONFIG") --workdir=$REMOTE_WORKDIR"
-for flag in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(quote "$flag")"; done
+for flag in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(quote_remote "$flag")"; done
 if [ "$DETACH" = 1 ]; then
   on_all_workers "cd ~/ddpm-jax && nohup $TRAIN > ~/ddpm_jax_train.log 2>&1 < /dev/null &"
   echo "# follow: gcloud compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=0 --command='tail -f ~/ddpm_jax_train.log'"
