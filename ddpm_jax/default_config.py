@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_groups = 32
     c.model.num_heads = 1
     c.model.class_conditional = False
-    c.model.dtype = "float32"          # compute dtype; "bfloat16" = mixed precision (params, optimizer state, loss: float32)
+    c.model.dtype = "float32"         # compute dtype; bfloat16: mixed precision (params, Adam state, loss stay float32)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"   # linear | cosine | scaled_linear (ddpm_jax.diffusion.register_schedule adds more)
