@@ -136,6 +136,31 @@ def test_sigterm_saves_exits_cleanly_and_resume_matches_uninterrupted_run(tmp_pa
     assert_trees_equal(straight, restore(cfg, wd))
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
+    """A preemption notice reaching one host: JAX's preemption service makes both processes save the same step."""
+    overrides = {"training.num_steps": 400, "training.checkpoint_every": 5, "training.log_every": 5}
+    wd = str(tmp_path / "two")
+    port = free_port()
+    procs = [subprocess.Popen(train_cmd(wd, overrides), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=cpu_env(DDPM_JAX_COORDINATOR=f"localhost:{port}",
+                                                     DDPM_JAX_NUM_PROCESSES="2", DDPM_JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    ckpt_dir = os.path.join(wd, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if os.path.isdir(ckpt_dir) and saved_steps(ckpt_dir):
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    line = next(s for s in outputs[0].splitlines() if "preempted (SIGTERM) after step" in s)
+    stopped = int(line.split("after step ")[1].split(":")[0])
+    print(f"SIGTERM to process 1: both stopped after step {stopped}, checkpoints {saved_steps(ckpt_dir)}")
+    assert stopped < 400 and saved_steps(ckpt_dir)[-1] == stopped
+
+
 def saved_steps(ckpt_dir):
     return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
