@@ -17,7 +17,7 @@ from conftest import ROOT, tiny_config
 from ddpm_jax import diffusion
 from ddpm_jax.data import make_pipeline
 from ddpm_jax.training import distributed, loop
-from ddpm_jax.training.steps import make_diffusion_loss, make_train_step
+from ddpm_jax.training.steps import make_train_step
 from test_training import assert_trees_equal, restore
 
 TINY_CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
