@@ -207,6 +207,7 @@ def mode_samples():
     ref_feats, _ = extract(extractor, ref)
     ref_stats = feature_statistics(ref_feats)
     conditional = bool(config.model.get("class_conditional", False))
+    conditional |= config.get("task") in ("text_diffusion", "latent_text_diffusion")  # one class prompt per label
     result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
     if FLAGS.baseline_split:

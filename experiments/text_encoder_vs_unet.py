@@ -1,0 +1,297 @@
+"""Text-encoder size vs U-Net size: Imagen's Fig. 4 study (Saharia et al. 2022, sec. 4.4) in miniature.
+
+Two families of text-to-image models trained for the same number of steps on captioned Fashion-MNIST:
+
+- *encoders* at a fixed U-Net: the frozen all-MiniLM-L6-v2 with all 6 layers, its first 2 and first 1 layers, and a
+  randomly initialised encoder of the 6-layer shape (plus ``--extra_encoder=PATH`` for any other local HF encoder);
+- *U-Nets* at the fixed 6-layer encoder: U-Net widths ``ch`` x 0.5, 1, 2.
+
+Each model is sampled with classifier-free guidance over a sweep of weights w (one class prompt per grid column, e.g.
+"a photo of a sneaker"), and every (model, w) is scored for quality (Frechet classifier distance in a classifier
+trained on the same data; FID too with ``--inception_weights``) and alignment (CLIP score with a domain CLIP trained
+on the captions, and the accuracy with which the classifier recognises the requested class). The table and the
+Pareto curves (quality vs alignment, one curve per model over w) show which axis of scale buys more.
+
+    python experiments/text_encoder_vs_unet.py                 # CPU-sized (see PRESETS; hours on 2 cores)
+    python experiments/text_encoder_vs_unet.py --preset=toy    # seconds-sized, for the tests
+
+Writes experiments/results/text_encoder_vs_unet{,_toy}.{md,png,json}; runs (classifier, CLIP, denoisers) go to
+--workdir and are resumed, not redone, when the command is repeated.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ddpm_jax.data import load_source, resize_nearest, to_model_range, to_uint8  # noqa: E402
+from ddpm_jax.training import loop  # noqa: E402
+from ddpm_jax.training.logging import setup_logging  # noqa: E402
+from ddpm_jax.training.quality import classifier_features_from_workdir, score_images  # noqa: E402
+from ddpm_jax.training.text import clip_score_of, load_domain_clip, text_samples  # noqa: E402
+
+log = logging.getLogger("ddpm_jax")
+
+PRESETS = {
+    # Fashion-MNIST 32x32, U-Net ch 32 (x0.5, x1, x2), 3k steps of batch 32 per model, 500 samples per weight
+    "cpu": dict(data="fashion_mnist", data_dir="/usr/share/datasets/fashion-mnist", image_size=32, ch=32,
+                unet_scales="0.5,1,2", encoders="minilm6,minilm2,minilm1,random6", steps=3000, batch_size=32,
+                lr=3e-4, guidance="1,2,3,5,8", eval_samples=500, eval_steps=20, clip_steps=1500,
+                classifier_config="configs/classifier_fashion_mnist.py", classifier_steps=0,
+                clip_config="configs/clip_fashion_mnist.py"),
+    "accelerator": dict(data="fashion_mnist", data_dir="/usr/share/datasets/fashion-mnist", image_size=32, ch=64,
+                        unet_scales="0.5,1,2", encoders="minilm6,minilm3,minilm2,minilm1,random6", steps=40000,
+                        batch_size=128, lr=2e-4, guidance="1,1.5,2,3,4,6,8", eval_samples=5000, eval_steps=50,
+                        clip_steps=5000, classifier_config="configs/classifier_fashion_mnist.py", classifier_steps=0,
+                        clip_config="configs/clip_fashion_mnist.py"),
+    # seconds-sized, for the test suite: 8x8 digits, 1-layer vs random encoder, two U-Net widths, 2 weights
+    "toy": dict(data="digits", data_dir="", image_size=8, ch=8, unet_scales="1,2", encoders="minilm1,random1",
+                steps=3, batch_size=16, lr=2e-3, guidance="1,3", eval_samples=20, eval_steps=3, clip_steps=4,
+                classifier_config="configs/classifier_digits.py", classifier_steps=20,
+                clip_config="configs/clip_fashion_mnist.py"),
+}
+
+
+def encoder_settings(name: str) -> dict:
+    """minilmK: MiniLM's first K layers (pretrained); randomK: K layers of MiniLM's shape, random weights; a path:
+    that Hugging Face folder, all layers."""
+    if name.startswith("minilm"):
+        return {"encoder_path": "", "num_layers": int(name[6:]), "random_init": False}
+    if name.startswith("random"):
+        return {"encoder_path": "", "num_layers": int(name[6:]), "random_init": True}
+    return {"encoder_path": name, "num_layers": 0, "random_init": False}
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def data_settings(c, p: dict) -> None:
+    c.data.name, c.data.data_dir, c.data.image_size = p["data"], p["data_dir"], p["image_size"]
+
+
+def denoiser_config(p: dict, encoder: str, ch: int) -> ml_collections.ConfigDict:
+    """configs/t2i_fashion_mnist.py with the preset's data, encoder, width and schedule."""
+    c = load_config_file("configs/t2i_fashion_mnist.py")
+    data_settings(c, p)
+    for k, v in encoder_settings(encoder).items():
+        c.text[k] = v
+    levels = (1, 2, 2) if p["image_size"] >= 32 else (1, 2)
+    res = p["image_size"] // 2 ** (len(levels) - 1)
+    c.model.ch, c.model.ch_mult, c.model.num_groups = ch, levels, min(8, ch)
+    c.model.attn_resolutions, c.model.cross_attn_resolutions = (res,), (2 * res, res)
+    c.model.num_heads = 4 if ch >= 32 else 1
+    c.training.batch_size, c.training.num_steps = p["batch_size"], p["steps"]
+    c.training.log_every = max(1, p["steps"] // 20)
+    c.training.checkpoint_every = max(1, p["steps"] // 3)
+    c.training.sample_every = 0
+    c.optim.lr, c.optim.warmup_steps = p["lr"], min(200, max(1, p["steps"] // 10))
+    c.sampling.sampler, c.sampling.num_steps = "ddim", p["eval_steps"]
+    c.sampling.batch_size = min(250, p["eval_samples"])
+    c.sampling.num_grid = 20
+    return c
+
+
+def ensure_classifier(p: dict, workdir: str, given: str) -> str:
+    if given:
+        return given
+    c = load_config_file(p["classifier_config"])
+    data_settings(c, p)
+    if p["classifier_steps"]:
+        c.training.num_steps = p["classifier_steps"]
+        c.training.log_every = c.training.checkpoint_every = p["classifier_steps"]
+    path = os.path.join(workdir, "classifier")
+    loop.train(c, path)
+    return path
+
+
+def ensure_clip(p: dict, workdir: str, given: str) -> str:
+    if given:
+        return given
+    c = load_config_file(p["clip_config"])
+    data_settings(c, p)
+    c.training.num_steps = p["clip_steps"]
+    c.training.log_every = max(1, p["clip_steps"] // 10)
+    c.training.checkpoint_every = p["clip_steps"]
+    c.training.batch_size = min(c.training.batch_size, 4 * p["batch_size"])
+    if p["image_size"] < 16:  # two stride-2 stages at most for 8x8 images
+        c.clip.image_channels, c.clip.embed_dim, c.clip.text_hidden = (16, 32), 32, 64
+    path = os.path.join(workdir, "clip")
+    loop.train(c, path)
+    return path
+
+
+def model_list(p: dict, extra_encoder: str = "") -> list:
+    """(name, group, encoder, ch): the encoder family at the base width, the width family at the first encoder."""
+    encoders = p["encoders"].split(",") + ([extra_encoder] if extra_encoder else [])
+    scales = [float(s) for s in str(p["unet_scales"]).split(",")]
+    models = [(f"{e}-ch{p['ch']}", "encoder", e, p["ch"]) for e in encoders]
+    for s in scales:
+        ch = int(round(p["ch"] * s))
+        models.append((f"{encoders[0]}-ch{ch}", "unet", encoders[0], ch))
+    return models
+
+
+def inception_fid_of(images: np.ndarray, real: np.ndarray, weights: str) -> float:
+    from ddpm_jax.evaluation.features import InceptionFeatures
+    from ddpm_jax.evaluation.fid import frechet_distance
+    from ddpm_jax.evaluation.statistics import feature_statistics
+    from ddpm_jax.models.inception import load_inception_params
+
+    extractor = InceptionFeatures(load_inception_params(weights))
+    rgb = lambda im: np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
+    return float(frechet_distance(*feature_statistics(extractor(rgb(images))[0]),
+                                  *feature_statistics(extractor(rgb(real))[0])))
+
+
+def evaluate_model(config, workdir: str, guidance: list, num: int, features, ref_stats, ref_features, clip,
+                   inception_weights: str = "", real: np.ndarray = None) -> list:
+    """Scores of ``num`` EMA samples per guidance weight: FCD, KID, class accuracy, CLIP score (+ FID)."""
+    run = loop.build_run(config)
+    params = loop.restore_trained(run, workdir).ema_params
+    rows = []
+    for w in guidance:
+        t0 = time.perf_counter()
+        images, labels, prompts = text_samples(run, params, jax.random.key(config.seed + 2), num, w)
+        scores = score_images(features, images, ref_stats, ref_features, labels)
+        scores.update(clip_score_of(clip, images, prompts))
+        if inception_weights:
+            scores["fid"] = inception_fid_of(images, real, inception_weights)
+        scores.update(guidance=w, sample_seconds=time.perf_counter() - t0)
+        rows.append(scores)
+        log.info("%s w=%g: FCD %.3f, class acc. %.3f, CLIP score %.2f", os.path.basename(workdir), w,
+                 scores["fcd"], scores["class_accuracy"], scores["clip_score"])
+    return rows
+
+
+def run_study(p: dict, workdir: str, classifier_workdir: str = "", clip_workdir: str = "",
+              inception_weights: str = "", extra_encoder: str = "") -> dict:
+    from ddpm_jax.evaluation.statistics import feature_statistics as stats
+
+    guidance = [float(w) for w in str(p["guidance"]).split(",")]
+    classifier_workdir = ensure_classifier(p, workdir, classifier_workdir)
+    clip_workdir = ensure_clip(p, workdir, clip_workdir)
+    features = classifier_features_from_workdir(classifier_workdir)
+    train = load_source(p["data"], "train", p["data_dir"] or None)
+    ref_features, _ = features(to_uint8(to_model_range(resize_nearest(train.images, p["image_size"]))))
+    ref_stats = stats(ref_features)
+    clip = load_domain_clip(clip_workdir)
+    real = None
+    if inception_weights:
+        test = load_source(p["data"], "test", p["data_dir"] or None)
+        real = to_uint8(to_model_range(resize_nearest(test.images[:p["eval_samples"]], p["image_size"])))
+    results, done = [], {}
+    for name, group, encoder, ch in model_list(p, extra_encoder):
+        if name not in done:
+            config = denoiser_config(p, encoder, ch)
+            run_dir = os.path.join(workdir, name)
+            t0 = time.perf_counter()
+            loop.train(config, run_dir)
+            train_seconds = time.perf_counter() - t0
+            state = loop.restore_trained(loop.build_run(config), run_dir)
+            n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+            record = json.load(open(os.path.join(run_dir, "text_encoder.json")))
+            done[name] = {"name": name, "encoder": encoder, "encoder_layers": record["num_layers"],
+                          "encoder_random": record["random_init"], "ch": ch, "unet_params": n_params,
+                          "train_seconds": train_seconds,
+                          "evals": evaluate_model(config, run_dir, guidance, p["eval_samples"], features, ref_stats,
+                                                  ref_features, clip, inception_weights, real)}
+        results.append(dict(done[name], group=group))
+    return {"preset": p, "guidance": guidance, "results": results, "classifier_workdir": classifier_workdir,
+            "clip_workdir": clip_workdir, "chance_accuracy": 1.0 / train.num_classes}
+
+
+def write_table(study: dict, path: str) -> None:
+    p = study["preset"]
+    fid = any("fid" in e for r in study["results"] for e in r["evals"])
+    lines = [f"# Text encoder vs U-Net size ({p['data']} {p['image_size']}x{p['image_size']}, {p['steps']} steps of "
+             f"batch {p['batch_size']}, {p['eval_samples']} samples per weight, DDIM {p['eval_steps']} steps)", "",
+             "Quality: FCD (Frechet distance in the features of the classifier of "
+             f"`{os.path.basename(study['classifier_workdir'])}`, lower is better)" + (", FID" if fid else "") +
+             f". Alignment: class accuracy of the requested class (chance {study['chance_accuracy']:.2f}) and CLIP score (domain CLIP, "
+             "100 max(cos, 0)). One class prompt per sample, e.g. \"a photo of a sneaker\".", "",
+             "| family | model | encoder | layers | random | U-Net ch | U-Net params | w | FCD |" +
+             (" FID |" if fid else "") + " class acc. | CLIP score |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if fid else "") + " ---: | ---: |"]
+    for r in study["results"]:
+        for e in r["evals"]:
+            lines.append(f"| {r['group']} | {r['name']} | {r['encoder']} | {r['encoder_layers']} | "
+                         f"{'yes' if r['encoder_random'] else 'no'} | {r['ch']} | {r['unet_params']:,} | "
+                         f"{e['guidance']:g} | {e['fcd']:.3f} |" + (f" {e['fid']:.2f} |" if fid else "") +
+                         f" {e['class_accuracy']:.3f} | {e['clip_score']:.2f} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(study: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, group, title in zip(axes, ("encoder", "unet"), ("text encoders (fixed U-Net)", "U-Net sizes (fixed encoder)")):
+        for r in (r for r in study["results"] if r["group"] == group):
+            x = [e["clip_score"] for e in r["evals"]]
+            y = [e["fcd"] for e in r["evals"]]
+            ax.plot(x, y, "o-", label=r["name"])
+            for e, xi, yi in zip(r["evals"], x, y):
+                ax.annotate(f"{e['guidance']:g}", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xlabel("CLIP score (domain CLIP)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("FCD (lower is better)")
+    fig.suptitle("Quality vs alignment over guidance weights w (labels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--workdir", default=None, help="runs go here (default runs/text_encoder_vs_unet[_PRESET])")
+    parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--classifier_workdir", default="", help="a trained classifier (else one is trained)")
+    parser.add_argument("--clip_workdir", default="", help="a trained domain CLIP (else one is trained)")
+    parser.add_argument("--inception_weights", default="", help="converted FID Inception weights: also report FID")
+    parser.add_argument("--extra_encoder", default="", help="another local HF text encoder folder to compare")
+    for key in PRESETS["cpu"]:
+        parser.add_argument(f"--{key}", default=None, help=f"override the preset's {key}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    p = dict(PRESETS[args.preset])
+    for key, value in p.items():
+        given = getattr(args, key)
+        if given is not None:
+            p[key] = type(value)(given) if not isinstance(value, str) else given
+    suffix = "" if args.preset == "cpu" else f"_{args.preset}"
+    workdir = args.workdir or os.path.join(ROOT, "runs", f"text_encoder_vs_unet{suffix}")
+    study = run_study(p, workdir, args.classifier_workdir, args.clip_workdir, args.inception_weights,
+                      args.extra_encoder)
+    os.makedirs(args.results_dir, exist_ok=True)
+    base = os.path.join(args.results_dir, f"text_encoder_vs_unet{suffix}")
+    with open(base + ".json", "w") as f:
+        json.dump(study, f, indent=2)
+    write_table(study, base + ".md")
+    write_plot(study, base + ".png")
+    log.info("wrote %s.md, %s.png and %s.json", base, base, base)
+    return study
+
+
+if __name__ == "__main__":
+    main()

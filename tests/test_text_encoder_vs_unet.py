@@ -1,0 +1,48 @@
+"""The text-encoder-vs-U-Net experiment driver: model families, and the toy study end to end (slow)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import ROOT
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("text_encoder_vs_unet", os.path.join(ROOT, "experiments",
+                                                                                        "text_encoder_vs_unet.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_families_vary_one_axis_each_and_share_the_base_model():
+    driver = load_driver()
+    models = driver.model_list(driver.PRESETS["cpu"])
+    encoders = [m for m in models if m[1] == "encoder"]
+    unets = [m for m in models if m[1] == "unet"]
+    assert {m[3] for m in encoders} == {32} and {m[2] for m in unets} == {"minilm6"}
+    assert [m[3] for m in unets] == [16, 32, 64] and "minilm6-ch32" in {m[0] for m in encoders}
+    assert driver.encoder_settings("minilm2") == {"encoder_path": "", "num_layers": 2, "random_init": False}
+    assert driver.encoder_settings("random6")["random_init"]
+    c = driver.denoiser_config(driver.PRESETS["cpu"], "random6", 16)
+    assert (c.task, c.text.num_layers, c.text.random_init, c.model.ch) == ("text_diffusion", 6, True, 16)
+
+
+@pytest.mark.slow
+def test_toy_study_writes_table_plot_and_json(tmp_path):
+    driver = load_driver()
+    results = tmp_path / "results"
+    study = driver.main(["--preset=toy", f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}"])
+    assert sorted(os.listdir(results)) == ["text_encoder_vs_unet_toy.json", "text_encoder_vs_unet_toy.md",
+                                           "text_encoder_vs_unet_toy.png"]
+    names = [r["name"] for r in study["results"]]
+    assert names == ["minilm1-ch8", "random1-ch8", "minilm1-ch8", "minilm1-ch16"]
+    for r in study["results"]:
+        assert [e["guidance"] for e in r["evals"]] == [1.0, 3.0]
+        for e in r["evals"]:
+            assert e["fcd"] >= 0 and 0 <= e["class_accuracy"] <= 1 and 0 <= e["clip_score"] <= 100
+    assert study["results"][3]["unet_params"] > study["results"][2]["unet_params"]
+    table = (results / "text_encoder_vs_unet_toy.md").read_text()
+    assert table.count("| encoder | random1-ch8 |") == 2
+    assert json.loads((results / "text_encoder_vs_unet_toy.json").read_text())["results"][1]["encoder_random"]
