@@ -74,6 +74,8 @@ def timed_diffusion_samples(run, params, sampling, num: int, seed: int, batch_si
     compiled = sample_fn.lower(params, jnp.zeros(shape), jax.random.key(0), jnp.zeros((batch_size,), jnp.int32)
                                ).compile()
     compile_s = time.perf_counter() - t0
+    # the eager key and noise ops in generate() compile on their first use: do that outside the timing too
+    generate(lambda p, x_T, k, y: x_T, params, jax.random.key(seed), batch_size, run.image_shape, batch_size)
     t0 = time.perf_counter()
     x = generate(compiled, params, jax.random.key(seed), num, run.image_shape, batch_size, labels)
     sample_s = time.perf_counter() - t0

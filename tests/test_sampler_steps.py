@@ -19,10 +19,9 @@ def load_driver():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sampler_steps")
-    return {"ddpm": toy_workdirs.pixel_ddpm(root / "ddpm_digits"),
-            "classifier": toy_workdirs.classifier(root / "classifier_digits")}
+def runs():
+    return {"ddpm": toy_workdirs.shared("ddpm_digits", toy_workdirs.pixel_ddpm),
+            "classifier": toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)}
 
 
 def test_toy_grid_writes_table_plot_and_every_cell(runs, tmp_path):

@@ -1,9 +1,26 @@
 """Seconds-sized trained workdirs on 8x8 digits for the experiment-driver tests: a class-conditional pixel DDPM, a
-classifier (the FCD feature space), a VAE (f = 2) and a latent DDPM on it."""
+classifier (the FCD feature space), a VAE (f = 2) and a latent DDPM on it. ``shared`` trains each once per test
+session, for all the experiment tests."""
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
 from conftest import ROOT, tiny_config
+
+
+_SHARED = {}
+
+
+def shared(name: str, make, *args) -> str:
+    """``make(folder, *args)`` run once per session into a temporary folder (removed at exit); its workdir."""
+    if "root" not in _SHARED:
+        _SHARED["root"] = tempfile.mkdtemp(prefix="toy_workdirs_")
+        atexit.register(shutil.rmtree, _SHARED["root"], True)
+    if name not in _SHARED:
+        _SHARED[name] = make(os.path.join(_SHARED["root"], name), *args)
+    return _SHARED[name]
 
 
 def train(config, workdir) -> str:
