@@ -1,0 +1,189 @@
+"""Benchmark: sampling speed of each sampler, whole loop compiled once vs the network stepped from a Python loop.
+
+    python experiments/benchmarks/sampling.py [--config configs/quickstart.py] [--steps 50] [--batches 1,16,64]
+                                              [--reps 3] [--out FILE.md]
+    python experiments/benchmarks/sampling.py --quick     # smoke test: batches 1 and 4, 5 steps, 1 repetition
+
+For the config's U-Net (random weights: speed only; classifier-free guidance as the config sets it) and each sampler
+(DDPM ancestral, DDIM eta = 0 and 1, DPM-Solver++(2M)) at every batch size:
+
+- *compiled loop*: ``ddpm_jax.pipelines.pixel.make_sample_fn``, the whole sampler one jitted ``lax.scan``; its
+  compilation is timed on its own (``lower().compile()``), then images/s over ``--reps`` runs;
+- *Python loop*: the same per-step computation (network, x0/eps conversion, the sampler's own step function, fetched
+  from the sampler itself) jitted once as one step and called from a Python ``for`` loop, once per step.
+
+The ratio is what compiling the loop saves (per-step dispatch, and fusion across steps); the last column checks that
+the two give the same samples.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from unittest import mock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddpm_jax import diffusion  # noqa: E402
+from ddpm_jax.diffusion import samplers  # noqa: E402
+from ddpm_jax.pipelines.pixel import make_sample_fn, sampler_kwargs  # noqa: E402
+from ddpm_jax.training import loop  # noqa: E402
+from experiments.scoring import machine_description  # noqa: E402
+
+SAMPLERS = {"DDPM ancestral": dict(sampler="ddpm"), "DDIM η = 0": dict(sampler="ddim", eta=0.0),
+            "DDIM η = 1": dict(sampler="ddim", eta=1.0), "DPM-Solver++(2M)": dict(sampler="dpm_solver_pp_2m")}
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def sampler_plan(sampling, schedule, x_T) -> dict:
+    """The timesteps, step function and initial carry a sampler hands to ``sample_loop`` (captured, not run)."""
+    captured = {}
+
+    def capture(denoise, schedule, x_T, timesteps, step, key, cond=None, init_carry=(), **loop_kwargs):
+        captured.update(timesteps=np.asarray(timesteps, np.int32), step=step, init_carry=init_carry)
+        return x_T
+
+    kwargs = sampler_kwargs(sampling)
+    kwargs.pop("x0_transform")
+    with mock.patch.object(samplers, "sample_loop", capture):
+        diffusion.sample(None, schedule, x_T, jax.random.key(0), sampler=sampling.sampler, **kwargs)
+    return captured
+
+
+def make_python_loop(model, schedule, sampling, prediction_type: str):
+    """``fn(params, x_T, key, labels)``: the sampler as a Python loop over one jitted step (network + update)."""
+    x0_transform = sampler_kwargs(sampling)["x0_transform"]
+    scale = float(sampling.get("guidance_scale", 1.0))
+
+    @jax.jit
+    def one_step(params, x, t, s, key, carry, index, labels):
+        def denoise(x_t, t, y):
+            return model.apply({"params": params}, x_t, t, y, train=False)
+
+        if model.num_classes and scale != 1.0:
+            denoise = diffusion.classifier_free_guidance(denoise, scale, jnp.asarray(model.num_classes, jnp.int32))
+        tb, sb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), s)
+        prediction = denoise(x, tb, labels if model.num_classes else None).astype(jnp.float32)
+        x0, eps = diffusion.prediction_to_x0_eps(schedule, x, tb, prediction, prediction_type)
+        if x0_transform is not None:
+            x0 = x0_transform(x0)
+            eps = diffusion.x0_to_eps(schedule, x, tb, x0)
+        return step_fn[0](x, tb, sb, x0, eps, jax.random.fold_in(key, index), carry, index)
+
+    step_fn = [None]  # the sampler's step function: fixed per sampler, captured when the plan is made
+
+    def run(params, x_T, key, labels):
+        plan = sampler_plan(sampling, schedule, x_T)
+        step_fn[0] = plan["step"]
+        targets = np.append(plan["timesteps"][1:], -1).astype(np.int32)
+        x, carry = x_T, plan["init_carry"]
+        for i, (t, s) in enumerate(zip(plan["timesteps"], targets)):
+            x, carry = one_step(params, x, jnp.int32(t), jnp.int32(s), key, carry, jnp.int32(i), labels)
+        return x
+
+    return run, one_step
+
+
+def time_runs(fn, args, reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``fn(*args)``, each waited for."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(config, steps: int, batches: list, reps: int) -> list:
+    run = loop.build_run(config)
+    model, schedule, prediction_type = run.model, run.schedule, config.diffusion.prediction_type
+    params = jax.jit(lambda k: run.init_fn(k).params)(jax.random.key(0))
+    rows = []
+    for label, overrides in SAMPLERS.items():
+        sampling = config.sampling.copy_and_resolve_references()
+        sampling.num_steps = steps
+        for key, value in overrides.items():
+            sampling[key] = value
+        for batch in batches:
+            x_T = jax.random.normal(jax.random.key(1), (batch,) + tuple(run.image_shape))
+            labels = jnp.asarray(np.arange(batch) % (model.num_classes or 1), jnp.int32)
+            args = (params, x_T, jax.random.key(2), labels)
+            t0 = time.perf_counter()
+            compiled = make_sample_fn(model, schedule, sampling, prediction_type).lower(*args).compile()
+            compile_loop = time.perf_counter() - t0
+            x_loop = jax.block_until_ready(compiled(*args))
+            loop_s = time_runs(compiled, args, reps)
+            python_run, one_step = make_python_loop(model, schedule, sampling, prediction_type)
+            t0 = time.perf_counter()
+            x_python = jax.block_until_ready(python_run(*args))  # the first call compiles the one step
+            first_python = time.perf_counter() - t0
+            python_s = time_runs(python_run, args, reps)
+            rows.append({"sampler": label, "batch": batch, "steps": steps, "compile_loop_s": compile_loop,
+                         "loop_s": loop_s, "first_python_s": first_python, "python_s": python_s,
+                         "max_abs_diff": float(jnp.max(jnp.abs(x_loop - x_python)))})
+            print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = ("| sampler | batch | steps (NFE) | compile s (whole loop) | compiled loop img/s | ms/step | "
+          "Python loop: first call s | Python loop img/s | ms/step | compiled / Python | max abs diff |")
+
+
+def format_row(r: dict) -> str:
+    return (f"| {r['sampler']} | {r['batch']} | {r['steps']} | {r['compile_loop_s']:.2f} | "
+            f"{r['batch'] / r['loop_s']:.1f} | {1e3 * r['loop_s'] / r['steps']:.2f} | {r['first_python_s']:.2f} | "
+            f"{r['batch'] / r['python_s']:.1f} | {1e3 * r['python_s'] / r['steps']:.2f} | "
+            f"{r['python_s'] / r['loop_s']:.2f}× | {r['max_abs_diff']:.1e} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "quickstart.py"))
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (= NFE) for every sampler")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke test: batches 1,4, 5 steps, 1 repetition")
+    parser.add_argument("--out", default="", help="also write the table as markdown to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.batches, args.reps = 5, "1,4", 1
+    config = load_config(args.config)
+    batches = [int(b) for b in args.batches.split(",")]
+    m = config.model
+    intro = [f"# Sampling speed: compiled loop vs Python loop ({os.path.relpath(args.config, ROOT)})", "",
+             f"Machine: {machine_description()}. U-Net ch {m.ch}, mults {tuple(m.ch_mult)}, {m.num_res_blocks} res "
+             f"blocks, {config.data.image_size}×{config.data.image_size} input, random weights; guidance scale "
+             f"{config.sampling.get('guidance_scale', 1.0):g}"
+             + (" (doubles each call's batch)" if m.get("class_conditional") and
+                config.sampling.get("guidance_scale", 1.0) != 1.0 else "")
+             + f"; median of {args.reps} runs after compilation.", "", HEADER, "|" + "---|" * HEADER.count(" | ")
+             + "---|"]
+    print("\n".join(intro), flush=True)
+    rows = bench(config, args.steps, batches, args.reps)
+    if args.quick:
+        bad = [r for r in rows if r["max_abs_diff"] > 1e-3]
+        if bad:
+            raise SystemExit(f"the Python loop and the compiled loop disagree: {bad}")
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(intro + [format_row(r) for r in rows]) + "\n")
+        print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
