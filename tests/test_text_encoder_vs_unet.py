@@ -21,8 +21,8 @@ def test_families_vary_one_axis_each_and_share_the_base_model():
     models = driver.model_list(driver.PRESETS["cpu"])
     encoders = [m for m in models if m[1] == "encoder"]
     unets = [m for m in models if m[1] == "unet"]
-    assert {m[3] for m in encoders} == {32} and {m[2] for m in unets} == {"minilm6"}
-    assert [m[3] for m in unets] == [16, 32, 64] and "minilm6-ch32" in {m[0] for m in encoders}
+    assert {m[3] for m in encoders} == {16} and {m[2] for m in unets} == {"minilm6"}
+    assert [m[3] for m in unets] == [8, 16, 32] and "minilm6-ch16" in {m[0] for m in encoders}
     assert driver.encoder_settings("minilm2") == {"encoder_path": "", "num_layers": 2, "random_init": False}
     assert driver.encoder_settings("random6")["random_init"]
     c = driver.denoiser_config(driver.PRESETS["cpu"], "random6", 16)

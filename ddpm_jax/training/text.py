@@ -218,7 +218,8 @@ def text_samples(run, params, key: jax.Array, num: int, guidance_scale: float,
     s = run.config.sampling
     sample_fn = make_text_sample_fn(run.model, run.schedule, s, run.text.null, run.config.diffusion.prediction_type,
                                     guidance_scale)
-    x = generate_from_text(sample_fn, params, key, run.text.encode(grid), run.image_shape, s.get("batch_size", 64))
+    batch_size = min(s.get("batch_size", 64), num)  # a small request compiles and runs a small batch
+    x = generate_from_text(sample_fn, params, key, run.text.encode(grid), run.image_shape, batch_size)
     return to_uint8(run.to_pixels(x)), (np.arange(num) % len(base)).astype(np.int32), grid
 
 
