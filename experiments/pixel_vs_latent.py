@@ -175,6 +175,13 @@ def inception_fid(config, workdir: str, weights: str, num: int) -> float:
     return float(frechet_distance(*fake_stats, *real_stats))
 
 
+def train_to_end(config, workdir: str) -> None:
+    """Train (or resume) a run; stop the study if the trainer stopped early (SIGTERM: it saved, rerun to resume)."""
+    state = loop.train(config, workdir)
+    if int(jax.device_get(state.step)) < config.training.num_steps:
+        raise SystemExit(f"training in {workdir} stopped at step {int(state.step)}; run the same command to resume")
+
+
 def ensure_classifier(p: dict, workdir: str, given: str) -> str:
     if given:
         return given
@@ -189,7 +196,7 @@ def ensure_classifier(p: dict, workdir: str, given: str) -> str:
         c.training.num_steps = p["classifier_steps"]
         c.training.log_every = c.training.checkpoint_every = p["classifier_steps"]
     path = os.path.join(workdir, "classifier")
-    loop.train(c, path)
+    train_to_end(c, path)
     return path
 
 
@@ -207,7 +214,7 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
         if f > 1:
             ae_cfg = autoencoder_config(p, f)
             t0 = time.perf_counter()
-            loop.train(ae_cfg, ae_workdir)
+            train_to_end(ae_cfg, ae_workdir)
             log.info("autoencoder f=%d ready in %.0f s", f, time.perf_counter() - t0)
             num_train = len(loop.build_run(ae_cfg).source)
             ae = autoencoder_costs(ae_cfg, ae_workdir, num_train)
@@ -226,7 +233,7 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
         log.info("f=%d: %s parameters, %.3g GFLOP/step -> %d steps of batch %d (eval every %d)", f, f"{n_params:,}",
                  flops_step / 1e9, steps, cfg.training.batch_size, every)
         t0 = time.perf_counter()
-        loop.train(cfg, run_dir)
+        train_to_end(cfg, run_dir)
         wall = time.perf_counter() - t0
         records = read_metrics(run_dir)
         rates = [r["train/images_per_sec"] for r in records if "train/images_per_sec" in r]
