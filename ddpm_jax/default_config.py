@@ -7,6 +7,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.task = "diffusion"              # diffusion | latent_diffusion | classifier (offline metric) | autoencoder
     #                                   | text_diffusion | latent_text_diffusion | clip (text-to-image, README)
+    #                                   | super_resolution (a cascade's SR stage, README)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
@@ -63,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.clip_x0 = 1.0          # clip x0 estimates to [-1, 1]; None to disable
     c.sampling.dynamic_threshold = ml_collections.config_dict.placeholder(float)  # e.g. 0.995 (Imagen)
     c.sampling.guidance_scale = 1.0
+    c.sampling.sr_aug_level = 0.0     # super_resolution: fixed noise-augmentation level of the low-res input, in [0, 1)
     c.sampling.num_grid = 64
     c.sampling.batch_size = 64
     c.sampling.seed = 0
@@ -94,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.clip.text_hidden = 256
     c.clip.num_groups = 8
     c.clip.same_label_positives = True  # captions of the same class in a batch count as matches
+
+    c.sr = ml_collections.ConfigDict()  # task=super_resolution: data.image_size is the output size
+    c.sr.low_res_size = 16            # input size: the training images area-downsampled (must divide data.image_size)
+    c.sr.max_aug_level = 0.0          # noise conditioning augmentation in training: s ~ U[0, max_aug_level T) (Imagen)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                  # steps between sample-quality evaluations; 0: off

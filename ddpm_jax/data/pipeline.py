@@ -32,13 +32,23 @@ def process_slice(global_batch: int, process_index: int, process_count: int) -> 
 
 
 def resize_nearest(images: np.ndarray, size: int) -> np.ndarray:
-    """Integer-factor nearest upsampling or centre padding to ``size`` (e.g. 28x28 -> 32x32 pads by 2)."""
+    """Integer-factor nearest upsampling or centre padding to ``size`` (e.g. 28x28 -> 32x32 pads by 2; a larger
+    non-multiple upsamples by size // h and then pads: 28 -> 56 -> 64); a smaller
+    ``size`` centre-pads to the next multiple k * size and averages k x k blocks (28 -> 32 -> 16), so the low-res
+    images of a cascade's base model are the area-downsampled training images of its super-resolution stage."""
     h = images.shape[1]
     if h == size:
         return images
+    if size < h:
+        k = -(-h // size)
+        x = resize_nearest(images, k * size).astype(np.float32)
+        x = x.reshape(x.shape[0], size, k, size, k, x.shape[-1]).mean(axis=(2, 4))
+        return np.round(x).astype(images.dtype) if images.dtype == np.uint8 else x.astype(images.dtype)
     if size % h == 0:
         f = size // h
         return images.repeat(f, axis=1).repeat(f, axis=2)
+    if size > 2 * h:  # e.g. 28 -> 64: nearest x2 to 56, then pad (the 28 -> 32 padding, upsampled)
+        return resize_nearest(resize_nearest(images, (size // h) * h), size)
     if size > h:
         p = (size - h) // 2
         return np.pad(images, ((0, 0), (p, size - h - p), (p, size - h - p), (0, 0)))

@@ -11,9 +11,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def unet_from_config(model_config, num_classes: int | None = None, context_dim: int | None = None,
-                     pooled_dim: int | None = None) -> UNet:
+                     pooled_dim: int | None = None, low_res_channels: int | None = None) -> UNet:
     """The U-Net denoiser; class-conditional when ``model_config.class_conditional`` and ``num_classes`` is known;
-    text-conditional (cross-attention to [B, L, context_dim] tokens, pooled [B, pooled_dim] vector) when given."""
+    text-conditional (cross-attention to [B, L, context_dim] tokens, pooled [B, pooled_dim] vector) when given;
+    a super-resolution stage conditioned on a low-res image of ``low_res_channels`` when given."""
     conditional = model_config.get("class_conditional", False)
     if conditional and not num_classes:
         raise ValueError("model.class_conditional needs a dataset with labels (num_classes > 0)")
@@ -27,6 +28,7 @@ def unet_from_config(model_config, num_classes: int | None = None, context_dim: 
         context_dim=context_dim,
         cross_attn_resolutions=tuple(model_config.get("cross_attn_resolutions", ())) or None,
         pooled_dim=pooled_dim,
+        low_res_channels=low_res_channels,
         num_heads=model_config.get("num_heads", 1),
         num_groups=model_config.get("num_groups", 32),
         dtype=DTYPES[model_config.get("dtype", "float32")],

@@ -4,11 +4,15 @@ With the defaults and a 32x32x3 input this is exactly the DDPM CIFAR-10 network 
 network as diffusers' `UNet2DModel` for `google/ddpm-cifar10-32`; `ddpm_jax.models.convert` maps its weights here.
 Optional extras: class conditioning with a null label (classifier-free guidance, Ho & Salimans 2022),
 cross-attention to a token sequence (LDM / Imagen text conditioning) and a pooled text vector projected and added to
-the time embedding (Imagen sec. 2.2). All are off by default, so the default parameter tree is unchanged.
+the time embedding (Imagen sec. 2.2); and, for a super-resolution stage (SR3, Imagen), a low-resolution image that is
+bilinearly upsampled to the output size and concatenated to the input channels, with the timestep of its noise
+conditioning augmentation embedded and added to the time embedding. All are off by default, so the default parameter
+tree is unchanged.
 """
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ddpm_jax.models.layers import (AttnBlock, CrossAttnBlock, Downsample, ResBlock, Upsample, conv3x3,
@@ -33,7 +37,9 @@ class UNet(nn.Module):
 
     Call: `x` [B, H, W, C] float, `t` [B] (or scalar) DDPM time indices in [0, T), possibly fractional; `y` [B] int
     labels where `num_classes` means "no label" (None = all null); `context` [B, L, context_dim] with optional
-    `context_mask` [B, L] bool; `pooled` [B, pooled_dim]. Returns [B, H, W, out_channels] float32.
+    `context_mask` [B, L] bool; `pooled` [B, pooled_dim]; `low_res` [B, h, w, low_res_channels] (super-resolution:
+    upsampled bilinearly to H x W and concatenated to `x`) with `aug_level` [B] (or scalar) the timestep of the noise
+    augmentation applied to it, 0 = clean (None: 0). Returns [B, H, W, out_channels] float32.
 
     Cross-attention (when `context_dim` is set) follows the middle self-attention and every feature map whose height is
     in `cross_attn_resolutions` (None: the same heights as `attn_resolutions`).
@@ -48,6 +54,7 @@ class UNet(nn.Module):
     context_dim: Optional[int] = None
     cross_attn_resolutions: Optional[Sequence[int]] = None  # None: attn_resolutions
     pooled_dim: Optional[int] = None  # width of a pooled text vector added (projected) to the time embedding
+    low_res_channels: Optional[int] = None  # super-resolution: channels of the low-res conditioning image
     num_heads: int = 1
     num_groups: int = 32
     dtype: Any = jnp.float32
@@ -55,16 +62,21 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, y: Optional[jnp.ndarray] = None,
                  context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None,
-                 pooled: Optional[jnp.ndarray] = None, *, train: bool = False) -> jnp.ndarray:
+                 pooled: Optional[jnp.ndarray] = None, *, train: bool = False, low_res: Optional[jnp.ndarray] = None,
+                 aug_level: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         self._check_inputs(x, y, context, context_mask, pooled)
         temb = self._embed(x.shape[0], t, y, pooled)
+        out_ch = self.out_channels or x.shape[-1]
+        if self.low_res_channels is not None:
+            x, temb = self._low_res_condition(x, temb, low_res, aug_level)
+        elif low_res is not None or aug_level is not None:
+            raise ValueError("low_res/aug_level were given but UNet.low_res_channels is None")
         cond = dict(temb=temb, context=context, context_mask=context_mask, train=train)
         h = conv3x3(self.ch * self.ch_mult[0], self.dtype, "conv_in")(x.astype(self.dtype))
         h, skips = self._down(h, cond)
         h = self._middle(h, cond)
         h = self._up(h, skips, cond)
         h = nn.silu(group_norm(self.num_groups, self.dtype, "norm_out")(h))
-        out_ch = self.out_channels or x.shape[-1]
         return conv3x3(out_ch, self.dtype, "conv_out", kernel_init=zero_init)(h).astype(jnp.float32)
 
     def _check_inputs(self, x, y, context, context_mask, pooled=None) -> None:
@@ -82,6 +94,19 @@ class UNet(nn.Module):
             raise ValueError("context_mask was given without context")
         if (pooled is None) != (self.pooled_dim is None):
             raise ValueError(f"pooled must be given exactly when pooled_dim is set (pooled_dim={self.pooled_dim})")
+
+    def _low_res_condition(self, x, temb, low_res, aug_level):
+        """SR3 / Imagen super-resolution conditioning: [x, bilinear_upsample(low_res)] on channels, and the embedded
+        augmentation timestep added to the time embedding (Imagen sec. 2.5, noise conditioning augmentation)."""
+        if low_res is None:
+            raise ValueError(f"UNet.low_res_channels={self.low_res_channels} needs low_res=[B, h, w, C]")
+        if low_res.ndim != 4 or low_res.shape[0] != x.shape[0] or low_res.shape[-1] != self.low_res_channels:
+            raise ValueError(f"low_res must be [{x.shape[0]}, h, w, {self.low_res_channels}], got {low_res.shape}")
+        up = jax.image.resize(low_res.astype(jnp.float32), x.shape[:3] + low_res.shape[-1:], "bilinear")
+        aug = jnp.zeros((x.shape[0],)) if aug_level is None else aug_level
+        aug = jnp.broadcast_to(jnp.asarray(aug, jnp.float32), (x.shape[0],))
+        temb = temb + TimeEmbedding(self.ch, self.dtype, name="aug_embed")(aug)
+        return jnp.concatenate([x.astype(jnp.float32), up], axis=-1), temb
 
     def _embed(self, batch: int, t: jnp.ndarray, y: Optional[jnp.ndarray],
                pooled: Optional[jnp.ndarray] = None) -> jnp.ndarray:

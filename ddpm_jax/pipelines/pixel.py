@@ -20,8 +20,9 @@ def sampler_kwargs(sampling_config) -> dict:
         kwargs["variance"] = sampling_config.get("variance", "fixed_small")
     if kwargs["num_steps"] is None:
         kwargs.pop("num_steps")
-    kwargs["x0_transform"] = diffusion.make_x0_transform(sampling_config.get("clip_x0"),
-                                                         sampling_config.get("dynamic_threshold"))
+    threshold = sampling_config.get("dynamic_threshold")  # when set, it replaces the static clip (Imagen)
+    kwargs["x0_transform"] = diffusion.make_x0_transform(None if threshold else sampling_config.get("clip_x0"),
+                                                         threshold or None)
     return kwargs
 
 

@@ -30,7 +30,8 @@ from ddpm_jax.training.steps import (autoencoder_params, make_autoencoder_loss, 
                                      make_train_step, psnr)
 
 log = logging.getLogger("ddpm_jax")
-TASKS = ("diffusion", "classifier", "autoencoder", "latent_diffusion", "text_diffusion", "latent_text_diffusion", "clip")
+TASKS = ("diffusion", "classifier", "autoencoder", "latent_diffusion", "text_diffusion", "latent_text_diffusion", "clip",
+         "super_resolution")
 DIFFUSION_TASKS = ("diffusion", "latent_diffusion", "text_diffusion", "latent_text_diffusion")
 LATENT_TASKS = ("latent_diffusion", "latent_text_diffusion")
 TEXT_TASKS = ("text_diffusion", "latent_text_diffusion", "clip")  # captioned data through a frozen text encoder
@@ -74,6 +75,10 @@ def validate_config(config) -> None:
         from ddpm_jax.training.text import validate_text_config
 
         validate_text_config(config)
+    if config.get("task") == "super_resolution":
+        from ddpm_jax.training.super_resolution import validate_sr_config
+
+        validate_sr_config(config)
 
 
 def build_run(config, split: Optional[str] = None) -> Run:
@@ -100,7 +105,8 @@ def build_run(config, split: Optional[str] = None) -> Run:
         model = unet_from_config(config.model, source.num_classes, text.encoder.dim,
                                  text.encoder.dim if config.text.get("use_pooled", True) else None)
     else:
-        model = unet_from_config(config.model, source.num_classes)
+        low_res_channels = source.images.shape[-1] if task == "super_resolution" else None
+        model = unet_from_config(config.model, source.num_classes, low_res_channels=low_res_channels)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
     tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
     mesh = sharding.make_mesh(config.mesh.get("data", -1), config.mesh.get("fsdp", 1))
@@ -134,8 +140,11 @@ def build_run(config, split: Optional[str] = None) -> Run:
                 k_disc = jax.random.fold_in(k_params, 1)
                 params = {"autoencoder": params, "discriminator": discriminator.init(k_disc, x)["params"]}
         else:
+            from ddpm_jax.training.super_resolution import init_kwargs
+
             y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-            params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False)["params"]
+            sr = init_kwargs(model, 1, config.get("sr", {}).get("low_res_size"))
+            params = model.init({"params": k_params}, x, jnp.zeros((1,), jnp.int32), y, train=False, **sr)["params"]
         return create_train_state(params, tx, k_run)
 
     return Run(config, source, model, schedule, tx, lr_schedule, mesh, image_shape, init_fn, latent, discriminator,
@@ -320,6 +329,11 @@ def make_data_pipeline(run: Run, workdir: str, main_process: bool):
                  len(run.text.captions), len(embeddings.texts), workdir)
         inner = make_data_pipeline(dataclasses.replace(run, text=None), workdir, main_process)
         return TextPipeline(inner, embeddings, "pooled" if config.task == "clip" else "cond")
+    if config.get("task") == "super_resolution":  # (low_res, image) pairs
+        from ddpm_jax.training.super_resolution import SRPipeline
+
+        inner = make_pipeline(config, run.source, jax.process_index(), jax.process_count())
+        return SRPipeline(inner, config.sr.low_res_size)
     if run.latent is None:
         return make_pipeline(config, run.source, jax.process_index(), jax.process_count())
     from ddpm_jax.training.latent import check_or_write_record
@@ -353,6 +367,12 @@ def make_loss(config, run: Run):
         ae = config.get("autoencoder", {})
         return make_autoencoder_loss(run.model, ae.get("reconstruction", "l1"), ae.get("kl_weight", 1e-6),
                                      run.discriminator, ae.get("disc_weight", 0.0), ae.get("disc_start", 0))
+    if task == "super_resolution":
+        from ddpm_jax.training.super_resolution import make_sr_loss
+
+        return make_sr_loss(run.model, run.schedule, config.diffusion.prediction_type,
+                            config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0),
+                            config.sr.get("max_aug_level", 0.0))
     return make_diffusion_loss(run.model, run.schedule, config.diffusion.prediction_type,
                                config.diffusion.get("loss_weighting", "none"), t.get("cond_drop_prob", 0.0))
 
