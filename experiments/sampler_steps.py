@@ -104,9 +104,12 @@ def run_grid(workdir: str, classifier_workdir: str, p: dict, ddpm_variance: str 
             try:
                 out = timed_diffusion_samples(run, params, sampling_config(run, num_steps=s, **overrides),
                                               p["num_samples"], p["seed"], p["batch_size"])
-            except ValueError as e:  # e.g. DPM-Solver's linspace spacing has no S = T distinct steps
-                log.info("%s, %d steps: not available (%s)", label, s, e)
-                cells.append({**cell, "unavailable": str(e)})
+            except ValueError as e:  # DPM-Solver's linspace spacing has no S = T distinct steps
+                if "strictly decreasing" not in str(e):
+                    raise
+                reason = f"its timestep spacing has no {s} distinct steps in 0..{T - 1}"
+                log.info("%s, %d steps: not available (%s)", label, s, reason)
+                cells.append({**cell, "unavailable": reason})
                 continue
             images = to_uint8(run.to_pixels(out["x"]))
             scores = scorer(images, out["labels"] if conditional else None)
@@ -219,7 +222,7 @@ def write_plot(study: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     metrics = [(k, t, s) for k, t, s, _, _ in METRICS if k in ("fcd", "kid_classifier", "fid")
-               and any(k in c for c in study["cells"])]
+               and any(k in c for c in study["cells"])] or [("fcd", "FCD", 1.0)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     for ax, (key, title, scale) in zip(axes[0], metrics):
         for name in dict.fromkeys(c["sampler"] for c in study["cells"]):
@@ -231,11 +234,14 @@ def write_plot(study: dict, path: str) -> None:
         if floor is not None:
             ax.axhline(floor * scale, color="gray", ls="--", lw=1, label=f"real {study['real_floor']['split']}")
         ax.set_xscale("log")
+        steps = sorted({c["steps"] for c in study["cells"]})
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.minorticks_off()
         if all(c.get(key, 1.0) > 0 for c in study["cells"]) and (floor is None or floor > 0):
             ax.set_yscale("log")
         ax.set_xlabel("sampling steps S (= NFE)")
         ax.set_title(title.split(" (")[0] + (" ×10³" if scale != 1 and "×" not in title.split(" (")[0] else ""))
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{study['model']['data']}: {study['preset']['num_samples']:,} samples per point", fontsize=10)
     fig.tight_layout()

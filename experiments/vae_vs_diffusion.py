@@ -216,7 +216,9 @@ def write_grid(study: dict, grids: dict, real: np.ndarray, path: str, ncols: int
     blocks = [("real test images", real)] + [
         (f"{r['label']} — FCD {r['fcd']:.3f}", grids[r["model"]]) for r in study["models"]]
     ncols = min(ncols, max(len(b) for _, b in blocks))
-    fig, axes = plt.subplots(len(blocks), 1, figsize=(ncols * 0.8, len(blocks) * 1.9), squeeze=False)
+    rows = [-(-len(images) // ncols) for _, images in blocks]
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(ncols * 0.8, sum(0.8 * r + 0.4 for r in rows)),
+                             gridspec_kw={"height_ratios": rows}, squeeze=False)
     for ax, (title, images) in zip(axes[:, 0], blocks):
         grid = make_grid(np.asarray(images, np.uint8), ncols, pad=1)
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
