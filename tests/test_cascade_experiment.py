@@ -1,0 +1,52 @@
+"""The cascade experiment driver end to end at toy size (digits: a 4x4 base, a 4 -> 8 SR stage, the shared 8x8
+single model and classifier)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+import toy_workdirs
+from conftest import ROOT, tiny_config
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("cascade", os.path.join(ROOT, "experiments", "cascade.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _base(workdir):
+    return toy_workdirs.train(tiny_config(**{"data.image_size": 4, "model.ch_mult": (1,), "model.attn_resolutions": (),
+                                             "sampling.guidance_scale": 2.0}), workdir)
+
+
+def _sr(workdir):
+    return toy_workdirs.train(tiny_config(**{"task": "super_resolution", "sr.low_res_size": 4, "sr.max_aug_level": 0.5,
+                                             "model.class_conditional": False, "model.attn_resolutions": ()}), workdir)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {"base": toy_workdirs.shared("base_digits_4", _base), "sr": toy_workdirs.shared("sr_digits_4_8", _sr),
+            "single": toy_workdirs.shared("ddpm_digits", toy_workdirs.pixel_ddpm),
+            "classifier": toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)}
+
+
+def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
+    driver = load_driver()
+    study = driver.main(["--preset=toy", f"--base_workdir={runs['base']}", f"--sr_workdir={runs['sr']}",
+                         f"--single_workdir={runs['single']}", f"--results_dir={tmp_path}"])
+    assert sorted(os.listdir(tmp_path)) == ["cascade_toy.json", "cascade_toy.md", "cascade_toy.png"]
+    assert [r["aug_level"] for r in study["aug_sweep"]] == [0.0, 0.1, 0.2, 0.3, 0.5]
+    for r in study["aug_sweep"]:
+        assert np.isfinite([r["fcd"], r["kid_classifier"]]).all() and 0 <= r["class_accuracy"] <= 1
+    m = study["models"]
+    assert m["base"]["guided"] and m["base"]["sample_flops"] == 2 * 2 * m["base"]["forward_flops"]
+    assert 0 < m["base"]["forward_flops"] and m["sr"]["train_flops"] == 3 * m["sr"]["forward_flops"] * 16 * 4
+    assert m["single"]["seconds_per_image"] > 0 and np.isfinite(m["single"]["fcd"])
+    table = (tmp_path / "cascade_toy.md").read_text()
+    assert "16 per row" in table and "Machine:" in table and table.count("| 0.3 |") == 1
+    assert json.loads((tmp_path / "cascade_toy.json").read_text())["data"] == {"name": "digits", "image_size": 8}
