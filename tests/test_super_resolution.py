@@ -194,3 +194,23 @@ def test_sr_sampler_output_depends_on_the_low_res_input(cascade_workdirs):
     a = np.asarray(stage.sample_fn(params, x_T, jax.random.key(1), low, jnp.zeros(4, jnp.int32)))
     b = np.asarray(stage.sample_fn(params, x_T, jax.random.key(1), -low, jnp.zeros(4, jnp.int32)))
     assert a.shape == (4, 8, 8, 1) and np.abs(a - b).max() > 1e-3
+
+
+def test_generate_command_runs_the_cascade(cascade_workdirs, tmp_path, capsys):
+    """``python -m ddpm_jax.generate --workdir=BASE --sr_workdir=SR --class 7 --class 3`` with per-stage settings."""
+    from ddpm_jax import generate
+
+    base_dir, sr_dir = cascade_workdirs
+    out = str(tmp_path / "cascade.png")
+    generate.FLAGS(["generate", f"--workdir={base_dir}", f"--sr_workdir={sr_dir}", "--class=7", "--class=3",
+                    "--num=4", "--steps=2", "--sr_steps=2", "--sr_sampler=dpm_solver_pp_2m", "--sr_aug_level=0.3",
+                    f"--out={out}"])
+    try:
+        generate.cascade()
+    finally:
+        generate.FLAGS.unparse_flags()
+    assert "4px" in capsys.readouterr().out
+    with np.load(str(tmp_path / "cascade.npz")) as z:
+        assert z["images"].shape == (4, 8, 8, 1)
+        np.testing.assert_array_equal(z["labels"], [7, 3, 7, 3])
+    assert os.path.exists(str(tmp_path / "cascade_stages.png"))
