@@ -3,6 +3,7 @@ exactly the low-res inputs of configs/sr_fashion_mnist_16_32.py), classifier-fre
 
 Cascade: train this and configs/sr_fashion_mnist_16_32.py, then
 ``python -m ddpm_jax.generate --workdir=BASE --sr_workdir=SR --class 7 --num 16`` (README, "Cascaded super-resolution").
+1.1M parameters, 0.11 GFLOP per forward pass: about 1 h on 2 busy CPU cores.
 """
 from ddpm_jax.default_config import base_config
 
@@ -21,7 +22,7 @@ def get_config():
     c.model.class_conditional = True
     c.training.cond_drop_prob = 0.1
     c.training.batch_size = 64
-    c.training.num_steps = 6000
+    c.training.num_steps = 4000
     c.training.log_every = 100
     c.training.checkpoint_every = 1000
     c.optim.lr = 4e-4

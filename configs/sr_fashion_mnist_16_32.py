@@ -3,6 +3,7 @@
 Trained on (area-downsampled, original) pairs of the 32x32 padded images with noise conditioning augmentation
 (s ~ U[0, 0.6 T), Imagen sec. 2.5); samples with the low-res input augmented at ``sampling.sr_aug_level``. No class
 or text conditioning: the decoder only enlarges (set model.class_conditional=True for a class-conditional stage).
+1.1M parameters, 0.46 GFLOP per forward pass at 32x32: about 1.5 h on 2 busy CPU cores.
 """
 from ddpm_jax.default_config import base_config
 
@@ -22,8 +23,8 @@ def get_config():
     c.model.num_groups = 8
     c.model.dropout = 0.0
     c.model.class_conditional = False
-    c.training.batch_size = 64
-    c.training.num_steps = 4000
+    c.training.batch_size = 32
+    c.training.num_steps = 3000
     c.training.log_every = 100
     c.training.checkpoint_every = 1000
     c.optim.lr = 4e-4
