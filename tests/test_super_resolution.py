@@ -214,3 +214,13 @@ def test_generate_command_runs_the_cascade(cascade_workdirs, tmp_path, capsys):
         assert z["images"].shape == (4, 8, 8, 1)
         np.testing.assert_array_equal(z["labels"], [7, 3, 7, 3])
     assert os.path.exists(str(tmp_path / "cascade_stages.png"))
+
+
+def test_sample_mode_super_resolves_held_out_images(cascade_workdirs):
+    """``--mode=sample`` on an SR workdir: low-res, super-resolved and original rows of test images."""
+    from ddpm_jax.training import loop
+
+    sr_dir = cascade_workdirs[1]
+    paths = loop.sample(loop.read_workdir_config(sr_dir), sr_dir, 3, out_name="sr_check")
+    with np.load(paths["npz"]) as z:
+        assert z["images"].shape == (9, 8, 8, 1) and z["images"].dtype == np.uint8

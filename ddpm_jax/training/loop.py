@@ -484,6 +484,12 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
 
         images, labels, _ = text_samples(run, params, key, num, s.get("guidance_scale", 1.0))
         name = out_name or f"{s.sampler}_{s.get('num_steps') or 'all'}steps_w{s.get('guidance_scale', 1.0):g}_step{step}"
+    elif config.get("task") == "super_resolution":  # held-out images: low-res row, SR row, original row
+        from ddpm_jax.training.super_resolution import sr_test_samples
+
+        images, labels = sr_test_samples(run, params, key, num)
+        aug = s.get("sr_aug_level", 0.0)
+        name = out_name or f"sr_{s.sampler}_{s.get('num_steps') or 'all'}steps_aug{aug:g}_step{step}"
     elif config.get("task", "diffusion") in DIFFUSION_TASKS:
         sample_fn = make_sample_fn(run.model, run.schedule, s, config.diffusion.prediction_type)
         labels = default_labels(num, run.model.num_classes) if labels is None else labels
@@ -496,6 +502,8 @@ def sample(config, workdir: str, num: int, out_name: Optional[str] = None, use_e
     ncols = getattr(run.model, "num_classes", None)  # one class per column for class-conditional models
     if run.text is not None:
         ncols = len(run.text.prompts)  # one prompt per column
+    if config.get("task") == "super_resolution":
+        ncols = len(images) // 3  # rows: low-res inputs, super-resolved, originals
     png = image_io.save_grid(os.path.join(out_dir, name + ".png"), images, ncols)
     npz = os.path.join(out_dir, name + ".npz")
     np.savez_compressed(npz, images=images, labels=np.asarray(labels, np.int32))

@@ -199,3 +199,23 @@ def write_cascade(out: str, result: Dict[str, Any], ncols: Optional[int] = None)
     np.savez_compressed(npz, images=stages[-1], labels=result["labels"],
                         **{f"stage_{i}": x for i, x in enumerate(stages)})
     return {"png": png, "stages_png": stages_png, "npz": npz}
+
+
+def sr_test_samples(run, params, key: jax.Array, num: int, split: str = "test") -> tuple:
+    """(uint8 images [3 num, H, W, C], labels): a trained SR stage on ``num`` held-out images, area-downsampled to
+    its input size: rows of low-res inputs (nearest-upsampled for display), super-resolved outputs, originals."""
+    from ddpm_jax.data import load_source, to_model_range, to_uint8
+    from ddpm_jax.pipelines.cascade import super_resolve
+
+    config = run.config
+    held_out = load_source(config.data.name, split, config.data.get("data_dir") or None)
+    size, low_size = config.data.image_size, config.sr.low_res_size
+    images, labels = held_out.take(np.arange(min(num, len(held_out))))
+    high = to_model_range(resize_nearest(images, size))
+    low = downsample(high, low_size)
+    labels = np.zeros(len(high), np.int32) if labels is None else labels
+    fn = make_sr_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
+    x = super_resolve(fn, params, key, low, run.image_shape, labels, config.sampling.get("batch_size", 64))
+    f = size // low_size
+    shown = [low.repeat(f, 1).repeat(f, 2), x, high]
+    return np.concatenate([to_uint8(a) for a in shown]), np.concatenate([labels] * 3)
