@@ -181,8 +181,8 @@ def write_table(study: dict, path: str) -> None:
         f"guidance scale. Scored at {size}×{size} against {study['reference']}.", "",
         f"Machine: {study['machine']}. Time: after compilation, batch {p['batch_size']}.", "",
         "## Quality, sampling time and cost", "",
-        "| model | FCD | KID ×10³ | class accuracy | s / image | sampling FLOPs / image | training FLOPs (steps × batch) "
-        "| params |", "|---|---|---|---|---|---|---|---|",
+        "| model | FCD | KID ×10³ | class accuracy | s / image | sampling FLOPs / image "
+        "| training FLOPs (steps × batch) | params |", "|---|---|---|---|---|---|---|---|",
     ]
     s = m["single"]
     lines.append(f"| {s['label']} | {s['fcd']:.3f} | {1e3 * s['kid_classifier']:.2f} | {s['class_accuracy']:.3f} | "
@@ -197,8 +197,8 @@ def write_table(study: dict, path: str) -> None:
     f = study["real_floor"]
     lines.append(f"| *real {f['split']} images* | {f['fcd']:.3f} | {1e3 * f['kid_classifier']:.2f} | "
                  f"{f['class_accuracy']:.3f} | | | | |")
-    lines += ["", f"Cascade row: the augmentation level with the lowest FCD. Training FLOPs ≈ 3 × forward FLOPs × batch "
-              f"× steps (XLA cost analysis of one forward pass: base {_flops(b['forward_flops'])}, SR "
+    lines += ["", f"Cascade row: the augmentation level with the lowest FCD. Training FLOPs ≈ 3 × forward FLOPs "
+              f"× batch × steps (XLA cost analysis of one forward pass: base {_flops(b['forward_flops'])}, SR "
               f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example).", "",
               f"## SR noise-augmentation level at sampling (trained with s ~ U[0, {r['train_max_aug_level']:g} T))", "",
               "| aug level | FCD | KID ×10³ | class accuracy | SR s / image |", "|---|---|---|---|---|"]
