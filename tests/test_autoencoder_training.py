@@ -58,19 +58,37 @@ def test_hinge_losses_match_their_definitions():
     np.testing.assert_allclose(float(generator_loss(fake)), -np.mean(fake), rtol=1e-6)
 
 
-def test_patch_discriminator_switches_on_at_its_start_step(tmp_path):
-    """Before disc_start the discriminator's parameters do not move and the loss is the plain autoencoder loss; after
-    it they do, the run checkpoints both players, and a loaded autoencoder has no discriminator."""
+def test_adversarial_terms_switch_on_at_disc_start():
+    """Before autoencoder.disc_start the discriminator gets no gradient and the autoencoder's gradient is the plain
+    reconstruction + KL one; from it on, both players get the adversarial terms (each through stop_gradient)."""
     import jax
+    import jax.numpy as jnp
 
-    cfg = autoencoder_config(**{"training.num_steps": 6, "training.checkpoint_every": 3, "training.log_every": 3,
-                                "optim.warmup_steps": 1})
+    from ddpm_jax.training.steps import make_autoencoder_loss
+
+    cfg = autoencoder_config()
     cfg.autoencoder.update(disc_weight=0.5, disc_start=3, disc_ch=8, disc_layers=1, disc_groups=4)
     run = loop.build_run(cfg)
-    init = run.init_fn(jax.random.key(cfg.seed))
-    assert set(init.params) == {"autoencoder", "discriminator"}
-    mid = loop.train(_with_steps(cfg, 3), str(tmp_path))
-    assert_trees_equal(mid.params["discriminator"], init.params["discriminator"])
+    params = run.init_fn(jax.random.key(0)).params
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+    batch, key = {"image": x, "label": jnp.zeros(4, jnp.int32)}, jax.random.key(1)
+    adversarial = jax.jit(jax.grad(lambda p, s: loop.make_loss(cfg, run)(p, batch, key, s)[0]))
+    plain = jax.jit(jax.grad(lambda p: make_autoencoder_loss(run.model, "l1", 1e-6)(p, batch, key)[0]))
+    before, after = adversarial(params, 2), adversarial(params, 3)
+    norm = lambda tree: max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(tree))
+    assert norm(before["discriminator"]) == 0.0 and norm(after["discriminator"]) > 0
+    diff = jax.tree.map(lambda a, b: a - b, before["autoencoder"], plain(params["autoencoder"]))
+    assert norm(diff) < 1e-6
+    assert norm(jax.tree.map(lambda a, b: a - b, after["autoencoder"], before["autoencoder"])) > 1e-6
+
+
+def test_autoencoder_with_discriminator_trains_checkpoints_and_loads_without_it(tmp_path):
+    import jax
+
+    cfg = autoencoder_config(**{"training.num_steps": 3, "training.checkpoint_every": 3, "training.log_every": 3,
+                                "optim.warmup_steps": 1})
+    cfg.autoencoder.update(disc_weight=0.5, disc_start=1, disc_ch=8, disc_layers=1, disc_groups=4)
+    init = loop.build_run(cfg).init_fn(jax.random.key(cfg.seed))
     final = loop.train(cfg, str(tmp_path))
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), final.params["discriminator"],
                                          init.params["discriminator"]))
@@ -81,7 +99,12 @@ def test_patch_discriminator_switches_on_at_its_start_step(tmp_path):
     assert sorted(params) == ["decoder", "encoder", "post_quant_conv", "quant_conv"]
 
 
-def _with_steps(cfg, num_steps):
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    c.training.num_steps = num_steps
-    return c
+def test_discriminator_too_deep_for_the_image_is_a_clear_error():
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from ddpm_jax.models.discriminator import PatchDiscriminator
+
+    with pytest.raises(ValueError, match="no output for 8x8 images"):
+        PatchDiscriminator(ch=8, num_layers=2, num_groups=4).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))

@@ -35,6 +35,7 @@ def runs():
             "classifier": toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)}
 
 
+@pytest.mark.slow  # ~2 min: four toy workdirs; the cascade itself is tested fast in test_super_resolution
 def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     driver = load_driver()
     study = driver.main(["--preset=toy", f"--base_workdir={runs['base']}", f"--sr_workdir={runs['sr']}",

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 
+import toy_workdirs
 from conftest import ROOT
 
 
@@ -22,7 +23,9 @@ def test_unet_levels_stop_at_4x4():
 def test_toy_study_writes_table_plot_and_equal_compute_runs(tmp_path):
     driver = load_driver()
     results = tmp_path / "results"
-    study = driver.main(["--preset=toy", f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}"])
+    classifier = toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)
+    study = driver.main(["--preset=toy", f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}",
+                         f"--classifier_workdir={classifier}"])
     assert sorted(os.listdir(results)) == ["pixel_vs_latent_toy.json", "pixel_vs_latent_toy.md",
                                            "pixel_vs_latent_toy.png"]
     pixel, latent = study["results"]
