@@ -4,6 +4,7 @@ import os
 
 import ml_collections
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from test_training import assert_trees_equal
@@ -30,6 +31,7 @@ def test_autoencoder_trains_and_reports_psnr(tmp_path):
     assert int(state.step) == 80 and sorted(os.listdir(os.path.join(tmp_path, "checkpoints")))[:2] == ["40", "80"]
 
 
+@pytest.mark.slow  # resume is the shared trainer's, checked bit for bit in test_training
 def test_autoencoder_resume_is_bit_identical(tmp_path):
     straight = loop.train(autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 2}),
                           str(tmp_path / "a"))
@@ -102,7 +104,6 @@ def test_autoencoder_with_discriminator_trains_checkpoints_and_loads_without_it(
 def test_discriminator_too_deep_for_the_image_is_a_clear_error():
     import jax
     import jax.numpy as jnp
-    import pytest
 
     from ddpm_jax.models.discriminator import PatchDiscriminator
 

@@ -46,6 +46,7 @@ def test_train_writes_checkpoints_metrics_and_sample_reads_them(tmp_path):
     assert os.path.getsize(out["png"]) > 0
 
 
+@pytest.mark.slow  # the kill -9 test below checks bit-identical resume in the fast suite
 def test_resume_gives_bit_identical_parameters(tmp_path):
     straight = loop.train(tiny_config(**{"training.num_steps": 6}), str(tmp_path / "a"))
     loop.train(tiny_config(**{"training.num_steps": 3, "training.checkpoint_every": 3}), str(tmp_path / "b"))
