@@ -110,18 +110,18 @@ def abstract_batch(run, batch_size: int) -> dict:
             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
 
-def train_step_flops(config) -> tuple[float, int]:
-    """(FLOPs of one optimizer step, number of trainable parameters) of ``config``'s model."""
-    run = loop.build_run(config)
+def train_step_flops(config, run) -> tuple[float, int]:
+    """(FLOPs of one optimizer step, number of trainable parameters) of ``config``'s model (``run`` built from it)."""
     state = jax.eval_shape(run.init_fn, jax.random.key(0))
     step = make_train_step(loop.make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     return compiled_flops(step, state, abstract_batch(run, config.training.batch_size)), n_params
 
 
-def autoencoder_costs(ae_cfg, workdir: str, num_train_images: int) -> dict:
+def autoencoder_costs(ae_cfg, ae_run, workdir: str) -> dict:
     """Parameters, training FLOPs, one-off dataset-encoding FLOPs, per-image decode FLOPs and held-out PSNR."""
-    flops_step, n_params = train_step_flops(ae_cfg)
+    flops_step, n_params = train_step_flops(ae_cfg, ae_run)
+    num_train_images = len(ae_run.source)
     _, model, params = loop.load_trained(workdir)
     size = ae_cfg.data.image_size
     x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
@@ -140,9 +140,8 @@ def read_metrics(workdir: str) -> list:
     return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
-def sampling_rate(config, workdir: str, num: int = 128) -> float:
+def sampling_rate(config, run, workdir: str, num: int = 128) -> float:
     """Images/s of the eval sampler (``config.sampling``) incl. decoding, after a first call that compiles."""
-    run = loop.build_run(config)
     params = loop.restore_trained(run, workdir).ema_params
     sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
     labels = default_labels(num, run.model.num_classes)
@@ -154,14 +153,13 @@ def sampling_rate(config, workdir: str, num: int = 128) -> float:
     return num / (time.perf_counter() - t0)
 
 
-def inception_fid(config, workdir: str, weights: str, num: int) -> float:
+def inception_fid(config, run, workdir: str, weights: str, num: int) -> float:
     """FID of ``num`` EMA samples against the test split through the FID Inception network (weights from a path)."""
     from ddpm_jax.evaluation.features import InceptionFeatures
     from ddpm_jax.evaluation.fid import frechet_distance
     from ddpm_jax.evaluation.statistics import feature_statistics
     from ddpm_jax.models.inception import load_inception_params
 
-    run = loop.build_run(config)
     params = loop.restore_trained(run, workdir).ema_params
     sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
     x = generate(sample_fn, params, jax.random.key(config.seed + 2), num, run.image_shape, 250,
@@ -216,10 +214,10 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
             t0 = time.perf_counter()
             train_to_end(ae_cfg, ae_workdir)
             log.info("autoencoder f=%d ready in %.0f s", f, time.perf_counter() - t0)
-            num_train = len(loop.build_run(ae_cfg).source)
-            ae = autoencoder_costs(ae_cfg, ae_workdir, num_train)
+            ae = autoencoder_costs(ae_cfg, loop.build_run(ae_cfg), ae_workdir)
         cfg = denoiser_config(p, f, ae_workdir, classifier_workdir)
-        flops_step, n_params = train_step_flops(cfg)
+        run = loop.build_run(cfg)  # built once per factor (for latents this encodes the scale-factor images)
+        flops_step, n_params = train_step_flops(cfg, run)
         steps = max(p["num_evals"], int(round(budget / flops_step)))
         every = max(1, steps // p["num_evals"])
         steps = every * p["num_evals"]
@@ -242,13 +240,13 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
                   "total_tflop": (r["step"] * flops_step + ae_flops) / 1e12,
                   "fcd": r["eval/fcd"], "kid": r["eval/kid_classifier"], "accuracy": r.get("eval/class_accuracy")}
                  for r in records if "eval/fcd" in r]
-        entry = {"f": f, "latent_shape": list(loop.build_run(cfg).image_shape), "denoiser_params": n_params,
+        entry = {"f": f, "latent_shape": list(run.image_shape), "denoiser_params": n_params,
                  "gflop_per_step": flops_step / 1e9, "steps": steps, "batch_size": cfg.training.batch_size,
                  "train_images_per_sec": float(np.median(rates)) if rates else float("nan"),
-                 "train_wall_s": wall, "sample_images_per_sec": sampling_rate(cfg, run_dir),
+                 "train_wall_s": wall, "sample_images_per_sec": sampling_rate(cfg, run, run_dir),
                  "autoencoder": ae, "evals": evals}
         if inception_weights:
-            entry["fid"] = inception_fid(cfg, run_dir, inception_weights, p["eval_samples"])
+            entry["fid"] = inception_fid(cfg, run, run_dir, inception_weights, p["eval_samples"])
         results.append(entry)
     return {"preset": p, "machine": machine_description(), "results": results}
 
