@@ -18,15 +18,31 @@ def load_driver():
 
 def test_families_vary_one_axis_each_and_share_the_base_model():
     driver = load_driver()
-    models = driver.model_list(driver.PRESETS["cpu"])
+    models = driver.model_list(driver.PRESETS["cpu_pixel"])
     encoders = [m for m in models if m[1] == "encoder"]
     unets = [m for m in models if m[1] == "unet"]
     assert {m[3] for m in encoders} == {16} and {m[2] for m in unets} == {"minilm6"}
     assert [m[3] for m in unets] == [8, 16, 32] and "minilm6-ch16" in {m[0] for m in encoders}
     assert driver.encoder_settings("minilm2") == {"encoder_path": "", "num_layers": 2, "random_init": False}
     assert driver.encoder_settings("random6")["random_init"]
-    c = driver.denoiser_config(driver.PRESETS["cpu"], "random6", 16)
+    c = driver.denoiser_config(driver.PRESETS["cpu_pixel"], "random6", 16)
     assert (c.task, c.text.num_layers, c.text.random_init, c.model.ch) == ("text_diffusion", 6, True, 16)
+    assert c.model.cross_attn_resolutions == (16, 8) and c.sampling.clip_x0 == 1.0
+
+
+def test_latent_preset_denoises_the_autoencoders_latents(tmp_path):
+    """The CPU preset works in the f = 4 latent space: U-Net levels and attention follow the 8x8 latent grid."""
+    driver = load_driver()
+    p = driver.PRESETS["cpu"]
+    ae = driver.load_config_file(p["ae_config"])
+    (tmp_path / "config.json").write_text(ae.to_json())
+    assert driver.autoencoder_factor(ae) == 4
+    c = driver.denoiser_config(p, "minilm6", 32, str(tmp_path))
+    assert (c.task, c.latent.autoencoder_workdir, c.sampling.clip_x0) == ("latent_text_diffusion", str(tmp_path), None)
+    assert c.model.ch_mult == (1, 2) and c.model.cross_attn_resolutions == (8, 4) and c.model.attn_resolutions == (4,)
+    assert c.optim.ema_decay == pytest.approx(1 - 20 / p["steps"])
+    with pytest.raises(FileNotFoundError, match="autoencoder_fashion_mnist_f4"):
+        driver.ensure_autoencoder(p, str(tmp_path), str(tmp_path / "missing"))
 
 
 @pytest.mark.slow
