@@ -141,6 +141,8 @@ def denoiser_config(p: dict, encoder: str, ch: int, autoencoder_workdir: str = "
 def ensure_autoencoder(p: dict, workdir: str, given: str) -> str:
     """The frozen autoencoder of a latent-space study: ``given``, or ``p['ae_config']`` trained for ``ae_steps``."""
     if p["space"] != "latent":
+        if given:
+            raise ValueError(f"--autoencoder_workdir is for latent presets; this preset works in {p['space']} space")
         return ""
     if given:
         if not os.path.exists(os.path.join(given, "config.json")):

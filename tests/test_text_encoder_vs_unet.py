@@ -43,6 +43,8 @@ def test_latent_preset_denoises_the_autoencoders_latents(tmp_path):
     assert c.optim.ema_decay == pytest.approx(1 - 20 / p["steps"])
     with pytest.raises(FileNotFoundError, match="autoencoder_fashion_mnist_f4"):
         driver.ensure_autoencoder(p, str(tmp_path), str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="latent presets"):
+        driver.ensure_autoencoder(driver.PRESETS["cpu_pixel"], str(tmp_path), str(tmp_path))
 
 
 @pytest.mark.slow
