@@ -45,6 +45,7 @@ from ddpm_jax.training import loop  # noqa: E402
 from ddpm_jax.training.logging import setup_logging  # noqa: E402
 from ddpm_jax.training.quality import classifier_features_from_workdir, score_images  # noqa: E402
 from ddpm_jax.training.text import clip_score_of, load_domain_clip, text_samples  # noqa: E402
+from experiments.scoring import machine_description  # noqa: E402
 
 log = logging.getLogger("ddpm_jax")
 
@@ -138,6 +139,21 @@ def denoiser_config(p: dict, encoder: str, ch: int, autoencoder_workdir: str = "
     return c
 
 
+def train_auxiliary(p: dict, config_file: str, path: str, steps=None, log_every=None, adjust=None) -> str:
+    """Train (or resume) the run of ``config_file`` on the preset's data in ``path``; ``steps`` (with checkpoints at
+    the end and logs every ``log_every``, default steps // 10) overrides the config's length."""
+    c = load_config_file(config_file)
+    data_settings(c, p)
+    if steps is not None:
+        c.training.num_steps = steps
+        c.training.log_every = log_every or max(1, steps // 10)
+        c.training.checkpoint_every = steps
+    if adjust is not None:
+        adjust(c)
+    loop.train(c, path)
+    return path
+
+
 def ensure_autoencoder(p: dict, workdir: str, given: str) -> str:
     """The frozen autoencoder of a latent-space study: ``given``, or ``p['ae_config']`` trained for ``ae_steps``."""
     if p["space"] != "latent":
@@ -149,43 +165,26 @@ def ensure_autoencoder(p: dict, workdir: str, given: str) -> str:
             raise FileNotFoundError(f"--autoencoder_workdir {given} has no config.json: train one with "
                                     f"python -m ddpm_jax.main --config={p['ae_config']} --workdir={given}")
         return given
-    c = load_config_file(p["ae_config"])
-    data_settings(c, p)
-    c.training.num_steps = p["ae_steps"]
-    c.training.log_every = max(1, p["ae_steps"] // 10)
-    c.training.checkpoint_every = p["ae_steps"]
-    path = os.path.join(workdir, "autoencoder")
-    loop.train(c, path)
-    return path
+    return train_auxiliary(p, p["ae_config"], os.path.join(workdir, "autoencoder"), p["ae_steps"])
 
 
 def ensure_classifier(p: dict, workdir: str, given: str) -> str:
     if given:
         return given
-    c = load_config_file(p["classifier_config"])
-    data_settings(c, p)
-    if p["classifier_steps"]:
-        c.training.num_steps = p["classifier_steps"]
-        c.training.log_every = c.training.checkpoint_every = p["classifier_steps"]
-    path = os.path.join(workdir, "classifier")
-    loop.train(c, path)
-    return path
+    steps = p["classifier_steps"] or None
+    return train_auxiliary(p, p["classifier_config"], os.path.join(workdir, "classifier"), steps, log_every=steps)
 
 
 def ensure_clip(p: dict, workdir: str, given: str) -> str:
     if given:
         return given
-    c = load_config_file(p["clip_config"])
-    data_settings(c, p)
-    c.training.num_steps = p["clip_steps"]
-    c.training.log_every = max(1, p["clip_steps"] // 10)
-    c.training.checkpoint_every = p["clip_steps"]
-    c.training.batch_size = min(c.training.batch_size, 4 * p["batch_size"])
-    if p["image_size"] < 16:  # two stride-2 stages at most for 8x8 images
-        c.clip.image_channels, c.clip.embed_dim, c.clip.text_hidden = (16, 32), 32, 64
-    path = os.path.join(workdir, "clip")
-    loop.train(c, path)
-    return path
+
+    def adjust(c):
+        c.training.batch_size = min(c.training.batch_size, 4 * p["batch_size"])
+        if p["image_size"] < 16:  # two stride-2 stages at most for 8x8 images
+            c.clip.image_channels, c.clip.embed_dim, c.clip.text_hidden = (16, 32), 32, 64
+
+    return train_auxiliary(p, p["clip_config"], os.path.join(workdir, "clip"), p["clip_steps"], adjust=adjust)
 
 
 def model_list(p: dict, extra_encoder: str = "") -> list:
@@ -214,7 +213,7 @@ def inception_fid_of(images: np.ndarray, real: np.ndarray, weights: str) -> floa
 def evaluate_model(config, workdir: str, guidance: list, num: int, features, ref_stats, ref_features, clip,
                    inception_weights: str = "", real: np.ndarray = None) -> list:
     """Scores of ``num`` EMA samples per guidance weight: FCD, KID, class accuracy, CLIP score (+ FID)."""
-    run = loop.build_run(config)
+    run = loop.build_run(config)  # (a latent run encodes the dataset here: built once per model)
     params = loop.restore_trained(run, workdir).ema_params
     rows = []
     for w in guidance:
@@ -254,9 +253,8 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", clip_workdir:
             config = denoiser_config(p, encoder, ch, autoencoder_workdir)
             run_dir = os.path.join(workdir, name)
             t0 = time.perf_counter()
-            loop.train(config, run_dir)
+            state = loop.train(config, run_dir)
             train_seconds = time.perf_counter() - t0
-            state = loop.restore_trained(loop.build_run(config), run_dir)
             n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
             record = json.load(open(os.path.join(run_dir, "text_encoder.json")))
             done[name] = {"name": name, "encoder": encoder, "encoder_layers": record["num_layers"],
@@ -265,8 +263,6 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", clip_workdir:
                           "evals": evaluate_model(config, run_dir, guidance, p["eval_samples"], features, ref_stats,
                                                   ref_features, clip, inception_weights, real)}
         results.append(dict(done[name], group=group))
-    from experiments.scoring import machine_description
-
     return {"preset": p, "guidance": guidance, "results": results, "classifier_workdir": classifier_workdir,
             "machine": machine_description(), "sample_seed": SAMPLE_SEED_OFFSET,
             "clip_workdir": clip_workdir, "autoencoder_workdir": autoencoder_workdir, "chance_accuracy": 1.0 / train.num_classes}
