@@ -82,7 +82,7 @@ def costs(run, params, step: int, nfe: int) -> dict:
     return {"params": int(sum(x.size for x in jax.tree.leaves(params))), "forward_flops": fwd, "nfe": nfe,
             "guided": guided, "sample_flops": fwd * nfe * (2 if guided else 1),
             "train_flops": 3.0 * fwd * run.config.training.batch_size * step, "train_steps": step,
-            "batch_size": int(run.config.training.batch_size)}
+            "batch_size": int(run.config.training.batch_size), "ema_decay": float(run.config.optim.ema_decay)}
 
 
 def timed(fn, warm_up, *args):
@@ -199,7 +199,8 @@ def write_table(study: dict, path: str) -> None:
                  f"{f['class_accuracy']:.3f} | | | | |")
     lines += ["", f"Cascade row: the augmentation level with the lowest FCD. Training FLOPs ≈ 3 × forward FLOPs "
               f"× batch × steps (XLA cost analysis of one forward pass: base {_flops(b['forward_flops'])}, SR "
-              f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example).", "",
+              f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example). EMA decay: base "
+              f"{b.get('ema_decay', 'n/a')}, SR {r.get('ema_decay', 'n/a')}, single {s.get('ema_decay', 'n/a')}.", "",
               f"## SR noise-augmentation level at sampling (trained with s ~ U[0, {r['train_max_aug_level']:g} T))", "",
               "| aug level | FCD | KID ×10³ | class accuracy | SR s / image |", "|---|---|---|---|---|"]
     for row in sweep:
