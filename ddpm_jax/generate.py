@@ -8,7 +8,7 @@ plus a .npz (uint8 ``images``, ``prompts``, ``prompt_index``). Several ``--promp
 Cascade (pixel cascade, Imagen / DALL-E 2): ``--sr_workdir=SR [--sr_workdir=SR2]`` enlarges the images of the base
 ``--workdir`` (a class-conditional ``diffusion`` run with ``--class``, or a text-to-image run with ``--prompt``)
 through trained ``super_resolution`` stages in order; ``--sr_sampler``/``--sr_steps``/``--sr_guidance``/
-``--sr_aug_level`` give each stage its own settings (one value for all stages, or one per stage).
+``--sr_aug_level``/``--sr_eta`` give each stage its own settings (one value for all stages, or one per stage).
 """
 from absl import app, flags
 
@@ -31,6 +31,8 @@ flags.DEFINE_multi_integer("sr_steps", None, "Sampling steps per SR stage (one f
 flags.DEFINE_multi_float("sr_guidance", None, "Guidance scale per class-conditional SR stage.")
 flags.DEFINE_multi_float("sr_aug_level", None, "Noise-augmentation level in [0, 1) of each SR stage's input "
                          "(default: the stage's sampling.sr_aug_level).")
+flags.DEFINE_multi_float("sr_eta", None, "DDIM eta per SR stage (default: the stage's sampling.eta; 1 = ancestral, "
+                         "which CPU-sized SR stages need: eta 0 leaves speckle artefacts).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -79,7 +81,7 @@ def cascade():
 
     sr = FLAGS.sr_workdir or []
     per = {k: _per_stage(FLAGS[f"sr_{k}"].value, len(sr), f"sr_{k}") for k in ("sampler", "steps", "guidance",
-                                                                                 "aug_level")}
+                                                                                 "aug_level", "eta")}
     sr_overrides = [{k: per[k][i] for k in per} for i in range(len(sr))]
     classes = FLAGS["class"].value
     labels = None if not classes else np.resize(np.asarray(classes, np.int32), FLAGS.num)

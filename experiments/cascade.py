@@ -52,9 +52,10 @@ log = logging.getLogger("ddpm_jax")
 
 PRESETS = {
     "default": dict(num_samples=1000, base_steps=50, sr_steps=25, single_steps=50, sampler="ddim", batch_size=250,
-                    seed=0, aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), num_reference=0, grid=10),
+                    seed=0, aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, num_reference=0,
+                    grid=10),
     "toy": dict(num_samples=16, base_steps=2, sr_steps=2, single_steps=2, sampler="ddim", batch_size=16, seed=0,
-                aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), num_reference=200, grid=8),
+                aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, num_reference=200, grid=8),
 }
 COMMANDS = {
     "base": "python -m ddpm_jax.main --config=configs/base_fashion_mnist_16.py --workdir={workdir}",
@@ -145,17 +146,21 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     }
     sr_cost = costs(sr_run, sr_params, sr_step, nfe(p["sr_steps"]))
     sweep, grids = [], {"single": to_uint8(x_single[:p["grid"]]), "base": to_uint8(x_base[:p["grid"]])}
-    for level in p["aug_levels"]:
-        fn = make_sr_sample_fn(sr_run.model, sr_run.schedule, sampling(sr_run, p["sr_steps"], p["sampler"]),
-                               pt(sr_run), aug_level=level)
+    runs = [(level, p["sr_eta"]) for level in p["aug_levels"]]
+    if p.get("eta0_level") is not None and p["sr_eta"] != 0.0:  # deterministic DDIM for comparison
+        runs.append((p["eta0_level"], 0.0))
+    for level, eta in runs:
+        fn = make_sr_sample_fn(sr_run.model, sr_run.schedule,
+                               sampling(sr_run, p["sr_steps"], p["sampler"], eta=eta), pt(sr_run), aug_level=level)
         k_sr = jax.random.fold_in(key, 2)
         x, sr_s = timed(super_resolve, lambda: super_resolve(fn, sr_params, k_sr, x_base[:bs], sr_run.image_shape,
                                                              labels[:bs], bs),
                         fn, sr_params, k_sr, x_base, sr_run.image_shape, labels, bs)
         scores = scorer(to_uint8(x), labels)
-        log.info("cascade, SR aug level %.2f: %s", level, " | ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-        sweep.append({"aug_level": level, "sr_seconds_per_image": sr_s / n, **scores})
-        grids[f"aug_{level:g}"] = to_uint8(x[:p["grid"]])
+        log.info("cascade, SR aug level %.2f, eta %g: %s", level, eta,
+                 " | ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        sweep.append({"aug_level": level, "eta": eta, "sr_seconds_per_image": sr_s / n, **scores})
+        grids[_row_key(level, eta, p["sr_eta"])] = to_uint8(x[:p["grid"]])
     models["sr"] = {"label": f"SR {base_run.image_shape[0]}→{size}", "workdir": os.path.abspath(workdirs["sr"]),
                     **sr_cost, "train_max_aug_level": sr_run.config.sr.max_aug_level}
     real = resize_nearest(load_source(data[0], "test", data[1] or None).images[:p["grid"]], size)
@@ -165,6 +170,16 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     return study, grids, real
 
 
+def _row_key(level: float, eta: float, sweep_eta: float) -> str:
+    return f"aug_{level:g}" + ("" if eta == sweep_eta else f"_eta{eta:g}")
+
+
+def _main_sweep(study: dict) -> list:
+    """The augmentation sweep at the preset's SR eta (without the deterministic-DDIM comparison row)."""
+    eta = study["preset"].get("sr_eta", 0.0)
+    return [r for r in study["aug_sweep"] if r.get("eta", eta) == eta]
+
+
 def _flops(x: float) -> str:
     return f"{x / 1e12:.3g} TFLOP" if x >= 1e11 else f"{x / 1e9:.3g} GFLOP"
 
@@ -172,13 +187,13 @@ def _flops(x: float) -> str:
 def write_table(study: dict, path: str) -> None:
     p, m, sweep = study["preset"], study["models"], study["aug_sweep"]
     size = study["data"]["image_size"]
-    best = min(sweep, key=lambda r: r["fcd"])
+    best = min(_main_sweep(study), key=lambda r: r["fcd"])
     cascade_s = m["base"]["seconds_per_image"] + best["sr_seconds_per_image"]
     lines = [
         f"# Cascade vs single model on {study['data']['name']} {size}×{size}", "",
         f"Samples: **{p['num_samples']:,} per row**, seed {p['seed']}, labels 0..K-1 in turn; {p['sampler']} with "
-        f"{p['base_steps']} (base), {p['sr_steps']} (SR) and {p['single_steps']} (single) steps, each workdir's own "
-        f"guidance scale. Scored at {size}×{size} against {study['reference']}.", "",
+        f"{p['base_steps']} (base), {p['sr_steps']} (SR, η = {p.get('sr_eta', 0.0):g}) and {p['single_steps']} "
+        f"(single) steps, each workdir's own guidance scale. Scored at {size}×{size} against {study['reference']}.", "",
         f"Machine: {study['machine']}. Time: after compilation, batch {p['batch_size']}.", "",
         "## Quality, sampling time and cost", "",
         "| model | FCD | KID ×10³ | class accuracy | s / image | sampling FLOPs / image "
@@ -202,11 +217,13 @@ def write_table(study: dict, path: str) -> None:
               f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example). EMA decay: base "
               f"{b.get('ema_decay', 'n/a')}, SR {r.get('ema_decay', 'n/a')}, single {s.get('ema_decay', 'n/a')}.", "",
               f"## SR noise-augmentation level at sampling (trained with s ~ U[0, {r['train_max_aug_level']:g} T))", "",
-              "| aug level | FCD | KID ×10³ | class accuracy | SR s / image |", "|---|---|---|---|---|"]
+              "| aug level | SR DDIM η | FCD | KID ×10³ | class accuracy | SR s / image |",
+              "|---|---|---|---|---|---|"]
     for row in sweep:
-        lines.append(f"| {row['aug_level']:g} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
+        lines.append(f"| {row['aug_level']:g} | {row.get('eta', p.get('sr_eta', 0.0)):g} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
                      f"{row['class_accuracy']:.3f} | {row['sr_seconds_per_image']:.4f} |")
-    lines += ["", "Same base images in every row. Imagen (sec. 4.4) finds level 0 best by FID and 0.1–0.3 best to the "
+    lines += ["", "Same base images in every row; a row with another η than the rest is the deterministic-DDIM "
+              "comparison. Imagen (sec. 4.4) finds level 0 best by FID and 0.1–0.3 best to the "
               "eye. Samples: the .png beside this file.", ""]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
@@ -221,16 +238,20 @@ def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
 
     from ddpm_jax.pipelines.images import make_grid
 
-    sweep = study["aug_sweep"]
+    sweep, eta = _main_sweep(study), study["preset"].get("sr_eta", 0.0)
     size = study["data"]["image_size"]
     rows = [("real test", real), ("single", grids["single"]),
             ("base (upsampled)", grids["base"].repeat(size // grids["base"].shape[1], 1).repeat(
                 size // grids["base"].shape[1], 2))]
-    rows += [(f"cascade, aug {r['aug_level']:g}", grids[f"aug_{r['aug_level']:g}"]) for r in sweep]
+    rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r.get("eta", eta) == eta else f", η={r['eta']:g}"),
+              grids[_row_key(r["aug_level"], r.get("eta", eta), eta)]) for r in study["aug_sweep"]]
     fig = plt.figure(figsize=(11, 0.75 * len(rows) + 1))
     ax = fig.add_subplot(1, 2, 1)
     levels = [r["aug_level"] for r in sweep]
-    ax.plot(levels, [r["fcd"] for r in sweep], "o-", label="cascade (base + SR)")
+    ax.plot(levels, [r["fcd"] for r in sweep], "o-", label=f"cascade (base + SR, η = {eta:g})")
+    for r in study["aug_sweep"]:
+        if r.get("eta", eta) != eta:
+            ax.plot([r["aug_level"]], [r["fcd"]], "x", color="C3", ms=8, label=f"SR with DDIM η = {r['eta']:g}")
     ax.axhline(study["models"]["single"]["fcd"], color="C1", ls="--", label="single model")
     ax.axhline(study["real_floor"]["fcd"], color="gray", ls=":", label="real test images")
     ax.set_xlabel("SR noise-augmentation level at sampling")
@@ -263,10 +284,16 @@ def main(argv=None):
     for k in ("num_samples", "base_steps", "sr_steps", "single_steps", "batch_size", "seed"):
         parser.add_argument(f"--{k}", type=int, default=None)
     parser.add_argument("--aug_levels", type=lambda s: tuple(float(v) for v in s.split(",")), default=None)
+    parser.add_argument("--sr_eta", type=float, default=None, help="DDIM eta of the SR stage's sweep (default 1)")
+    parser.add_argument("--eta0_level", type=float, default=None,
+                        help="augmentation level of the extra deterministic-DDIM (eta 0) SR row (default 0.1)")
+    parser.add_argument("--skip_eta0_row", action="store_true", help="no deterministic-DDIM SR row")
     args = parser.parse_args(argv)
     setup_logging()
     p = dict(PRESETS[args.preset])
     p.update({k: getattr(args, k) for k in p if getattr(args, k, None) is not None})
+    if args.skip_eta0_row:
+        p["eta0_level"] = None
     workdirs = {"base": args.base_workdir, "sr": args.sr_workdir, "single": args.single_workdir}
     study, grids, real = compare(workdirs, args.classifier_workdir, p)
     os.makedirs(args.results_dir, exist_ok=True)

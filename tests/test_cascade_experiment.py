@@ -41,7 +41,9 @@ def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     study = driver.main(["--preset=toy", f"--base_workdir={runs['base']}", f"--sr_workdir={runs['sr']}",
                          f"--single_workdir={runs['single']}", f"--results_dir={tmp_path}"])
     assert sorted(os.listdir(tmp_path)) == ["cascade_toy.json", "cascade_toy.md", "cascade_toy.png"]
-    assert [r["aug_level"] for r in study["aug_sweep"]] == [0.0, 0.1, 0.2, 0.3, 0.5]
+    # the sweep at the SR stage's ancestral DDIM (eta 1), then deterministic DDIM at level 0.1 for comparison
+    assert [(r["aug_level"], r["eta"]) for r in study["aug_sweep"]] == [(0.0, 1.0), (0.1, 1.0), (0.2, 1.0),
+                                                                        (0.3, 1.0), (0.5, 1.0), (0.1, 0.0)]
     for r in study["aug_sweep"]:
         assert np.isfinite([r["fcd"], r["kid_classifier"]]).all() and 0 <= r["class_accuracy"] <= 1
     m = study["models"]
@@ -49,5 +51,6 @@ def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     assert 0 < m["base"]["forward_flops"] and m["sr"]["train_flops"] == 3 * m["sr"]["forward_flops"] * 16 * 4
     assert m["single"]["seconds_per_image"] > 0 and np.isfinite(m["single"]["fcd"])
     table = (tmp_path / "cascade_toy.md").read_text()
-    assert "16 per row" in table and "Machine:" in table and table.count("| 0.3 |") == 1
+    assert "16 per row" in table and "Machine:" in table and table.count("| 0.3 | 1 |") == 1
+    assert table.count("| 0.1 | 0 |") == 1 and "SR, η = 1" in table
     assert json.loads((tmp_path / "cascade_toy.json").read_text())["data"] == {"name": "digits", "image_size": 8}

@@ -196,6 +196,30 @@ def test_sr_sampler_output_depends_on_the_low_res_input(cascade_workdirs):
     assert a.shape == (4, 8, 8, 1) and np.abs(a - b).max() > 1e-3
 
 
+def test_sr_eta_override_reaches_the_stage(cascade_workdirs):
+    """load_sr_stage(eta=...) (``--sr_eta``): with a clean low-res input, DDIM eta 0 is deterministic given x_T (the
+    key does not matter) and eta 1 is ancestral (it does)."""
+    from ddpm_jax.training.super_resolution import load_sr_stage
+
+    x_T = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    low = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)), jnp.float32)
+    y = jnp.zeros(4, jnp.int32)
+    spread = {}
+    for eta in (0.0, 1.0):
+        stage, _ = load_sr_stage(cascade_workdirs[1], sampler="ddim", steps=2, aug_level=0.0, eta=eta)
+        a, b = (np.asarray(stage.sample_fn(stage.params, x_T, jax.random.key(k), low, y)) for k in (1, 2))
+        spread[eta] = np.abs(a - b).max()
+    assert spread[0.0] < 1e-6 < 1e-3 < spread[1.0]
+
+
+def test_nonpositive_clip_x0_is_an_error_not_an_all_zero_sample():
+    for bad in (0.0, -1.0, False):
+        with pytest.raises(ValueError, match="clip_x0 must be a positive bound"):
+            D.make_x0_transform(bad)
+    assert D.make_x0_transform(None) is None
+    np.testing.assert_allclose(D.make_x0_transform(1.0)(jnp.array([-3.0, 0.5, 2.0])), [-1.0, 0.5, 1.0])
+
+
 def test_generate_command_runs_the_cascade(cascade_workdirs, tmp_path, capsys):
     """``python -m ddpm_jax.generate --workdir=BASE --sr_workdir=SR --class 7 --class 3`` with per-stage settings."""
     from ddpm_jax import generate
@@ -204,6 +228,7 @@ def test_generate_command_runs_the_cascade(cascade_workdirs, tmp_path, capsys):
     out = str(tmp_path / "cascade.png")
     generate.FLAGS(["generate", f"--workdir={base_dir}", f"--sr_workdir={sr_dir}", "--class=7", "--class=3",
                     "--num=4", "--steps=2", "--sr_steps=2", "--sr_sampler=dpm_solver_pp_2m", "--sr_aug_level=0.3",
+                    "--sr_eta=1.0",
                     f"--out={out}"])
     try:
         generate.cascade()

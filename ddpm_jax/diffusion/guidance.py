@@ -47,5 +47,7 @@ def make_x0_transform(clip_x0: Optional[float] = None, dynamic_threshold_percent
             raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {dynamic_threshold_percentile}")
         return lambda x0: dynamic_threshold(x0, dynamic_threshold_percentile, dynamic_threshold_max)
     if clip_x0 is not None:
+        if isinstance(clip_x0, bool) or not clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be a positive bound (None turns clipping off), got {clip_x0!r}")
         return lambda x0: jnp.clip(x0, -clip_x0, clip_x0)
     return None

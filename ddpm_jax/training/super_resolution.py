@@ -96,7 +96,7 @@ def init_kwargs(model, batch: int = 1, low_res_size: Optional[int] = None) -> di
 
 def load_sr_stage(workdir: str, sampler: Optional[str] = None, steps: Optional[int] = None,
                   guidance: Optional[float] = None, aug_level: Optional[float] = None, use_ema: bool = True,
-                  batch_size: Optional[int] = None) -> tuple:
+                  batch_size: Optional[int] = None, eta: Optional[float] = None) -> tuple:
     """(SRStage, its config) from a trained ``super_resolution`` workdir, with optional sampling overrides."""
     from ddpm_jax.training.loop import build_run, read_workdir_config, restore_trained
 
@@ -110,6 +110,8 @@ def load_sr_stage(workdir: str, sampler: Optional[str] = None, steps: Optional[i
         s.num_steps = steps
     if guidance is not None:
         s.guidance_scale = guidance
+    if eta is not None:
+        s.eta = eta
     run = build_run(config)
     state = restore_trained(run, workdir)
     params = state.ema_params if use_ema else state.params
