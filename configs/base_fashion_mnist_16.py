@@ -3,7 +3,7 @@ exactly the low-res inputs of configs/sr_fashion_mnist_16_32.py), classifier-fre
 
 Cascade: train this and configs/sr_fashion_mnist_16_32.py, then
 ``python -m ddpm_jax.generate --workdir=BASE --sr_workdir=SR --class 7 --num 16`` (README, "Cascaded super-resolution").
-1.1M parameters, 0.11 GFLOP per forward pass: about 1 h on 2 busy CPU cores.
+1.1M parameters, 0.11 GFLOP per forward pass: 4,000 steps in about 25 min on 2 CPU cores (2.9 steps/s measured).
 """
 from ddpm_jax.default_config import base_config
 

@@ -3,7 +3,7 @@
 Trained on (area-downsampled, original) pairs of the 32x32 padded images with noise conditioning augmentation
 (s ~ U[0, 0.6 T), Imagen sec. 2.5); samples with the low-res input augmented at ``sampling.sr_aug_level``. No class
 or text conditioning: the decoder only enlarges (set model.class_conditional=True for a class-conditional stage).
-1.1M parameters, 0.46 GFLOP per forward pass at 32x32: about 1.5 h on 2 busy CPU cores.
+1.1M parameters, 0.46 GFLOP per forward pass at 32x32: 3,000 steps in about 35 min on 2 CPU cores (1.46 steps/s).
 """
 from ddpm_jax.default_config import base_config
 

@@ -11,7 +11,7 @@ of base images, so only the SR stage's level changes.
 
 Workdirs (none is trained here). CPU-sized commands; the single model is the base config at 32x32 with about the
 cascade's training compute (single 4000 x 32 x 0.47 GFLOP x 3 = 0.18 PFLOP; base 4000 x 64 x 0.11 + SR 3000 x 32 x
-0.46, x 3 = 0.22 PFLOP); about 5 h of training on 2 busy cores (~24 GFLOP/s), minutes on a GPU:
+0.46, x 3 = 0.22 PFLOP); about 1 h 50 min of training on 2 idle cores at the rates measured below, minutes on a GPU:
 
     python -m ddpm_jax.main --config=configs/base_fashion_mnist_16.py --workdir=runs/base_fashion_mnist_16
     python -m ddpm_jax.main --config=configs/sr_fashion_mnist_16_32.py --workdir=runs/sr_fashion_mnist_16_32
@@ -19,9 +19,14 @@ cascade's training compute (single 4000 x 32 x 0.47 GFLOP x 3 = 0.18 PFLOP; base
         --config.data.image_size=32 --config.model.attn_resolutions='(8,)' --config.training.batch_size=32
     python -m ddpm_jax.main --config=configs/classifier_fashion_mnist.py --workdir=runs/classifier_fashion_mnist
 
-Then ``python experiments/cascade.py`` (about 1 h on 2 busy cores for 1,000 samples per row: single model, base,
-and the SR stage at 5 augmentation levels; ``--num_samples=500`` halves it). ``--preset=toy``: digits 4 -> 8,
-writes cascade_toy.*. Writes experiments/results/cascade.{md,png,json}.
+The committed CPU run halved the step counts (base 2,000, SR 1,500, single 2,000; ``--config.optim.ema_decay=0.995``
+for each, since a 0.999 EMA still holds ~20% of the initial weights after 1,500 steps): ~13 + 17 + 28 min of training
+on the 2-core dev VM (base 1.9-2.9, SR 1.46, single 1.3 steps/s). The SR stage samples with ancestral DDIM (eta 1, its
+config's default; ``--sr_eta``), and one extra row uses deterministic DDIM (eta 0) at level 0.1 for comparison.
+
+Then ``python experiments/cascade.py``: 36 min on the 2 cores for ``--num_samples=500`` (the single model at eta 0
+and 1, the base, the SR stage at 6 settings, each with one warm-up batch), about twice that for the default 1,000.
+``--preset=toy``: digits 4 -> 8, writes cascade_toy.*. Writes experiments/results/cascade.{md,png,json}.
 """
 from __future__ import annotations
 
@@ -52,10 +57,12 @@ log = logging.getLogger("ddpm_jax")
 
 PRESETS = {
     "default": dict(num_samples=1000, base_steps=50, sr_steps=25, single_steps=50, sampler="ddim", batch_size=250,
-                    seed=0, aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, num_reference=0,
+                    seed=0, aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, single_etas=(0.0, 1.0),
+                    num_reference=0,
                     grid=10),
     "toy": dict(num_samples=16, base_steps=2, sr_steps=2, single_steps=2, sampler="ddim", batch_size=16, seed=0,
-                aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, num_reference=200, grid=8),
+                aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, single_etas=(0.0, 1.0),
+                num_reference=200, grid=8),
 }
 COMMANDS = {
     "base": "python -m ddpm_jax.main --config=configs/base_fashion_mnist_16.py --workdir={workdir}",
@@ -123,11 +130,22 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     labels = default_labels(n, single_run.model.num_classes)
     pt = lambda run: run.config.diffusion.prediction_type
 
-    single_fn = make_sample_fn(single_run.model, single_run.schedule,
-                               sampling(single_run, p["single_steps"], p["sampler"]), pt(single_run))
-    x_single, single_s = timed(generate, lambda: generate(single_fn, single_params, key, bs, single_run.image_shape,
-                                                          bs, labels), single_fn, single_params, key, n,
-                               single_run.image_shape, bs, labels)
+    nfe = lambda steps: num_function_evaluations(p["sampler"], steps, 1000)
+    singles = []  # the single model at each DDIM eta (the SR stage samples at eta 1: the same choice for both)
+    for eta in p["single_etas"]:
+        single_fn = make_sample_fn(single_run.model, single_run.schedule,
+                                   sampling(single_run, p["single_steps"], p["sampler"], eta=eta), pt(single_run))
+        x, single_s = timed(generate, lambda: generate(single_fn, single_params, key, bs, single_run.image_shape,
+                                                       bs, labels), single_fn, single_params, key, n,
+                            single_run.image_shape, bs, labels)
+        row = {"label": f"single model {size}×{size}, DDIM η = {eta:g}", "eta": eta,
+               "workdir": os.path.abspath(workdirs["single"]),
+               **costs(single_run, single_params, single_step, nfe(p["single_steps"])),
+               "seconds_per_image": single_s / n, **scorer(to_uint8(x), labels)}
+        log.info("single model, eta %g: %.1f s, fcd %.4g, class accuracy %.3f", eta, single_s, row["fcd"],
+                 row["class_accuracy"])
+        singles.append((row, x))
+    best_single, x_single = min(singles, key=lambda r: r[0]["fcd"])
     base_fn = make_sample_fn(base_run.model, base_run.schedule, sampling(base_run, p["base_steps"], p["sampler"]),
                              pt(base_run))
     k_base = jax.random.fold_in(key, 1)
@@ -135,12 +153,10 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
                                                       labels), base_fn, base_params, k_base, n, base_run.image_shape,
                            bs, labels)
     x_base = np.clip(x_base, -1.0, 1.0)
-    nfe = lambda steps: num_function_evaluations(p["sampler"], steps, 1000)
     models = {
-        "single": {"label": f"single model {size}×{size}", "workdir": os.path.abspath(workdirs["single"]),
-                   **costs(single_run, single_params, single_step, nfe(p["single_steps"])),
-                   "seconds_per_image": single_s / n, **scorer(to_uint8(x_single), labels)},
+        "single": best_single,
         "base": {"label": f"base {base_run.image_shape[0]}×{base_run.image_shape[0]}",
+                 "eta": float(base_run.config.sampling.get("eta", 0.0)),
                  "workdir": os.path.abspath(workdirs["base"]),
                  **costs(base_run, base_params, base_step, nfe(p["base_steps"])), "seconds_per_image": base_s / n},
     }
@@ -149,6 +165,8 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     runs = [(level, p["sr_eta"]) for level in p["aug_levels"]]
     if p.get("eta0_level") is not None and p["sr_eta"] != 0.0:  # deterministic DDIM for comparison
         runs.append((p["eta0_level"], 0.0))
+    log.info("sampled %d images with the base model in %.1f s; now the SR stage at %d settings", n, base_s,
+             len(runs))
     for level, eta in runs:
         fn = make_sr_sample_fn(sr_run.model, sr_run.schedule,
                                sampling(sr_run, p["sr_steps"], p["sampler"], eta=eta), pt(sr_run), aug_level=level)
@@ -166,6 +184,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     real = resize_nearest(load_source(data[0], "test", data[1] or None).images[:p["grid"]], size)
     study = {"preset": {**p, "aug_levels": list(p["aug_levels"])}, "data": {"name": data[0], "image_size": size},
              "reference": scorer.describe(), "machine": machine_description(), "models": models,
+             "single_rows": [row for row, _ in singles],
              "aug_sweep": sweep, "real_floor": scorer.real_floor(n, with_labels=True)}
     return study, grids, real
 
@@ -200,11 +219,13 @@ def write_table(study: dict, path: str) -> None:
         "| training FLOPs (steps × batch) | params |", "|---|---|---|---|---|---|---|---|",
     ]
     s = m["single"]
-    lines.append(f"| {s['label']} | {s['fcd']:.3f} | {1e3 * s['kid_classifier']:.2f} | {s['class_accuracy']:.3f} | "
-                 f"{s['seconds_per_image']:.4f} | {_flops(s['sample_flops'])} | {_flops(s['train_flops'])} "
-                 f"({s['train_steps']} × {s['batch_size']}) | {s['params']:,} |")
+    for row in study.get("single_rows", [s]):
+        lines.append(f"| {row['label']} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
+                     f"{row['class_accuracy']:.3f} | {row['seconds_per_image']:.4f} | {_flops(row['sample_flops'])} | "
+                     f"{_flops(row['train_flops'])} ({row['train_steps']} × {row['batch_size']}) | {row['params']:,} |")
     b, r = m["base"], m["sr"]
-    lines.append(f"| cascade: {b['label']} + {r['label']} (aug {best['aug_level']:g}) | {best['fcd']:.3f} | "
+    lines.append(f"| cascade: {b['label']} (η = {b.get('eta', 0.0):g}) + {r['label']} (aug {best['aug_level']:g}, "
+                 f"η = {best.get('eta', p.get('sr_eta', 0.0)):g}) | {best['fcd']:.3f} | "
                  f"{1e3 * best['kid_classifier']:.2f} | {best['class_accuracy']:.3f} | {cascade_s:.4f} | "
                  f"{_flops(b['sample_flops'] + r['sample_flops'])} | {_flops(b['train_flops'] + r['train_flops'])} "
                  f"({b['train_steps']} × {b['batch_size']} + {r['train_steps']} × {r['batch_size']}) | "
@@ -212,15 +233,17 @@ def write_table(study: dict, path: str) -> None:
     f = study["real_floor"]
     lines.append(f"| *real {f['split']} images* | {f['fcd']:.3f} | {1e3 * f['kid_classifier']:.2f} | "
                  f"{f['class_accuracy']:.3f} | | | | |")
-    lines += ["", f"Cascade row: the augmentation level with the lowest FCD. Training FLOPs ≈ 3 × forward FLOPs "
-              f"× batch × steps (XLA cost analysis of one forward pass: base {_flops(b['forward_flops'])}, SR "
+    lines += ["", "Cascade row: the augmentation level with the lowest FCD; the single model is shown at each η (the "
+              f"plot uses its best). Training FLOPs ≈ 3 × forward FLOPs × batch × steps (XLA cost analysis of one "
+              f"forward pass: base {_flops(b['forward_flops'])}, SR "
               f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example). EMA decay: base "
               f"{b.get('ema_decay', 'n/a')}, SR {r.get('ema_decay', 'n/a')}, single {s.get('ema_decay', 'n/a')}.", "",
               f"## SR noise-augmentation level at sampling (trained with s ~ U[0, {r['train_max_aug_level']:g} T))", "",
               "| aug level | SR DDIM η | FCD | KID ×10³ | class accuracy | SR s / image |",
               "|---|---|---|---|---|---|"]
     for row in sweep:
-        lines.append(f"| {row['aug_level']:g} | {row.get('eta', p.get('sr_eta', 0.0)):g} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
+        lines.append(f"| {row['aug_level']:g} | {row.get('eta', p.get('sr_eta', 0.0)):g} | {row['fcd']:.3f} | "
+                     f"{1e3 * row['kid_classifier']:.2f} | "
                      f"{row['class_accuracy']:.3f} | {row['sr_seconds_per_image']:.4f} |")
     lines += ["", "Same base images in every row; a row with another η than the rest is the deterministic-DDIM "
               "comparison. Imagen (sec. 4.4) finds level 0 best by FID and 0.1–0.3 best to the "
@@ -240,7 +263,7 @@ def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
 
     sweep, eta = _main_sweep(study), study["preset"].get("sr_eta", 0.0)
     size = study["data"]["image_size"]
-    rows = [("real test", real), ("single", grids["single"]),
+    rows = [("real test", real), (f"single (η={study['models']['single'].get('eta', 0.0):g})", grids["single"]),
             ("base (upsampled)", grids["base"].repeat(size // grids["base"].shape[1], 1).repeat(
                 size // grids["base"].shape[1], 2))]
     rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r.get("eta", eta) == eta else f", η={r['eta']:g}"),
@@ -252,7 +275,8 @@ def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
     for r in study["aug_sweep"]:
         if r.get("eta", eta) != eta:
             ax.plot([r["aug_level"]], [r["fcd"]], "x", color="C3", ms=8, label=f"SR with DDIM η = {r['eta']:g}")
-    ax.axhline(study["models"]["single"]["fcd"], color="C1", ls="--", label="single model")
+    single = study["models"]["single"]
+    ax.axhline(single["fcd"], color="C1", ls="--", label=f"single model (best: DDIM η = {single.get('eta', 0.0):g})")
     ax.axhline(study["real_floor"]["fcd"], color="gray", ls=":", label="real test images")
     ax.set_xlabel("SR noise-augmentation level at sampling")
     ax.set_ylabel("FCD (lower is better)")
@@ -281,6 +305,8 @@ def main(argv=None):
     parser.add_argument("--classifier_workdir", default="",
                         help="classifier for FCD/KID (default: classifier_DATA beside the SR workdir)")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--single_etas", type=lambda s: tuple(float(v) for v in s.split(",")), default=None,
+                        help="DDIM etas the single model is sampled with (default 0,1; the best is compared)")
     for k in ("num_samples", "base_steps", "sr_steps", "single_steps", "batch_size", "seed"):
         parser.add_argument(f"--{k}", type=int, default=None)
     parser.add_argument("--aug_levels", type=lambda s: tuple(float(v) for v in s.split(",")), default=None)

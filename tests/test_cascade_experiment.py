@@ -47,10 +47,13 @@ def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     for r in study["aug_sweep"]:
         assert np.isfinite([r["fcd"], r["kid_classifier"]]).all() and 0 <= r["class_accuracy"] <= 1
     m = study["models"]
+    assert [r["eta"] for r in study["single_rows"]] == [0.0, 1.0]
+    assert m["single"]["fcd"] == min(r["fcd"] for r in study["single_rows"])
     assert m["base"]["guided"] and m["base"]["sample_flops"] == 2 * 2 * m["base"]["forward_flops"]
     assert 0 < m["base"]["forward_flops"] and m["sr"]["train_flops"] == 3 * m["sr"]["forward_flops"] * 16 * 4
     assert m["single"]["seconds_per_image"] > 0 and np.isfinite(m["single"]["fcd"])
     table = (tmp_path / "cascade_toy.md").read_text()
+    assert table.count("| single model 8×8, DDIM η = ") == 2
     assert "16 per row" in table and "Machine:" in table and table.count("| 0.3 | 1 |") == 1
     assert table.count("| 0.1 | 0 |") == 1 and "SR, η = 1" in table
     assert json.loads((tmp_path / "cascade_toy.json").read_text())["data"] == {"name": "digits", "image_size": 8}
