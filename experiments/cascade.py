@@ -58,8 +58,7 @@ log = logging.getLogger("ddpm_jax")
 PRESETS = {
     "default": dict(num_samples=1000, base_steps=50, sr_steps=25, single_steps=50, sampler="ddim", batch_size=250,
                     seed=0, aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, single_etas=(0.0, 1.0),
-                    num_reference=0,
-                    grid=10),
+                    num_reference=0, grid=10),
     "toy": dict(num_samples=16, base_steps=2, sr_steps=2, single_steps=2, sampler="ddim", batch_size=16, seed=0,
                 aug_levels=(0.0, 0.1, 0.2, 0.3, 0.5), sr_eta=1.0, eta0_level=0.1, single_etas=(0.0, 1.0),
                 num_reference=200, grid=8),
