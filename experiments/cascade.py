@@ -51,7 +51,7 @@ from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn  #
 from ddpm_jax.training import loop  # noqa: E402
 from ddpm_jax.training.logging import setup_logging  # noqa: E402
 from ddpm_jax.training.super_resolution import init_kwargs  # noqa: E402
-from experiments.scoring import Scorer, load_run, machine_description, require_workdir  # noqa: E402
+from experiments.scoring import Scorer, load_run, machine_description, require_workdir, sampling_config  # noqa: E402
 
 log = logging.getLogger("ddpm_jax")
 
@@ -100,14 +100,6 @@ def timed(fn, warm_up, *args):
     return out, time.perf_counter() - t0
 
 
-def sampling(run, steps: int, sampler: str, **extra):
-    s = run.config.sampling.copy_and_resolve_references()
-    s.sampler, s.num_steps = sampler, steps
-    for k, v in extra.items():
-        s[k] = v
-    return s
-
-
 def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     for name, workdir in workdirs.items():
         require_workdir(workdir, f"{name} model", COMMANDS[name].format(workdir=workdir))
@@ -133,7 +125,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     singles = []  # the single model at each DDIM eta (the SR stage samples at eta 1: the same choice for both)
     for eta in p["single_etas"]:
         single_fn = make_sample_fn(single_run.model, single_run.schedule,
-                                   sampling(single_run, p["single_steps"], p["sampler"], eta=eta), pt(single_run))
+                                   sampling_config(single_run, sampler=p["sampler"], num_steps=p["single_steps"], eta=eta), pt(single_run))
         x, single_s = timed(generate, lambda: generate(single_fn, single_params, key, bs, single_run.image_shape,
                                                        bs, labels), single_fn, single_params, key, n,
                             single_run.image_shape, bs, labels)
@@ -145,8 +137,8 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
                  row["class_accuracy"])
         singles.append((row, x))
     best_single, x_single = min(singles, key=lambda r: r[0]["fcd"])
-    base_fn = make_sample_fn(base_run.model, base_run.schedule, sampling(base_run, p["base_steps"], p["sampler"]),
-                             pt(base_run))
+    base_fn = make_sample_fn(base_run.model, base_run.schedule,
+                             sampling_config(base_run, sampler=p["sampler"], num_steps=p["base_steps"]), pt(base_run))
     k_base = jax.random.fold_in(key, 1)
     x_base, base_s = timed(generate, lambda: generate(base_fn, base_params, k_base, bs, base_run.image_shape, bs,
                                                       labels), base_fn, base_params, k_base, n, base_run.image_shape,
@@ -168,7 +160,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
              len(runs))
     for level, eta in runs:
         fn = make_sr_sample_fn(sr_run.model, sr_run.schedule,
-                               sampling(sr_run, p["sr_steps"], p["sampler"], eta=eta), pt(sr_run), aug_level=level)
+                               sampling_config(sr_run, sampler=p["sampler"], num_steps=p["sr_steps"], eta=eta), pt(sr_run), aug_level=level)
         k_sr = jax.random.fold_in(key, 2)
         x, sr_s = timed(super_resolve, lambda: super_resolve(fn, sr_params, k_sr, x_base[:bs], sr_run.image_shape,
                                                              labels[:bs], bs),
@@ -194,8 +186,7 @@ def _row_key(level: float, eta: float, sweep_eta: float) -> str:
 
 def _main_sweep(study: dict) -> list:
     """The augmentation sweep at the preset's SR eta (without the deterministic-DDIM comparison row)."""
-    eta = study["preset"].get("sr_eta", 0.0)
-    return [r for r in study["aug_sweep"] if r.get("eta", eta) == eta]
+    return [r for r in study["aug_sweep"] if r["eta"] == study["preset"]["sr_eta"]]
 
 
 def _flops(x: float) -> str:
@@ -210,7 +201,7 @@ def write_table(study: dict, path: str) -> None:
     lines = [
         f"# Cascade vs single model on {study['data']['name']} {size}×{size}", "",
         f"Samples: **{p['num_samples']:,} per row**, seed {p['seed']}, labels 0..K-1 in turn; {p['sampler']} with "
-        f"{p['base_steps']} (base), {p['sr_steps']} (SR, η = {p.get('sr_eta', 0.0):g}) and {p['single_steps']} "
+        f"{p['base_steps']} (base), {p['sr_steps']} (SR, η = {p['sr_eta']:g}) and {p['single_steps']} "
         f"(single) steps, each workdir's own guidance scale. Scored at {size}×{size} against {study['reference']}.", "",
         f"Machine: {study['machine']}. Time: after compilation, batch {p['batch_size']}.", "",
         "## Quality, sampling time and cost", "",
@@ -218,13 +209,13 @@ def write_table(study: dict, path: str) -> None:
         "| training FLOPs (steps × batch) | params |", "|---|---|---|---|---|---|---|---|",
     ]
     s = m["single"]
-    for row in study.get("single_rows", [s]):
+    for row in study["single_rows"]:
         lines.append(f"| {row['label']} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
                      f"{row['class_accuracy']:.3f} | {row['seconds_per_image']:.4f} | {_flops(row['sample_flops'])} | "
                      f"{_flops(row['train_flops'])} ({row['train_steps']} × {row['batch_size']}) | {row['params']:,} |")
     b, r = m["base"], m["sr"]
-    lines.append(f"| cascade: {b['label']} (η = {b.get('eta', 0.0):g}) + {r['label']} (aug {best['aug_level']:g}, "
-                 f"η = {best.get('eta', p.get('sr_eta', 0.0)):g}) | {best['fcd']:.3f} | "
+    lines.append(f"| cascade: {b['label']} (η = {b['eta']:g}) + {r['label']} (aug {best['aug_level']:g}, "
+                 f"η = {best['eta']:g}) | {best['fcd']:.3f} | "
                  f"{1e3 * best['kid_classifier']:.2f} | {best['class_accuracy']:.3f} | {cascade_s:.4f} | "
                  f"{_flops(b['sample_flops'] + r['sample_flops'])} | {_flops(b['train_flops'] + r['train_flops'])} "
                  f"({b['train_steps']} × {b['batch_size']} + {r['train_steps']} × {r['batch_size']}) | "
@@ -236,12 +227,12 @@ def write_table(study: dict, path: str) -> None:
               f"plot uses its best). Training FLOPs ≈ 3 × forward FLOPs × batch × steps (XLA cost analysis of one "
               f"forward pass: base {_flops(b['forward_flops'])}, SR "
               f"{_flops(r['forward_flops'])}, single {_flops(s['forward_flops'])} per example). EMA decay: base "
-              f"{b.get('ema_decay', 'n/a')}, SR {r.get('ema_decay', 'n/a')}, single {s.get('ema_decay', 'n/a')}.", "",
+              f"{b['ema_decay']}, SR {r['ema_decay']}, single {s['ema_decay']}.", "",
               f"## SR noise-augmentation level at sampling (trained with s ~ U[0, {r['train_max_aug_level']:g} T))", "",
               "| aug level | SR DDIM η | FCD | KID ×10³ | class accuracy | SR s / image |",
               "|---|---|---|---|---|---|"]
     for row in sweep:
-        lines.append(f"| {row['aug_level']:g} | {row.get('eta', p.get('sr_eta', 0.0)):g} | {row['fcd']:.3f} | "
+        lines.append(f"| {row['aug_level']:g} | {row['eta']:g} | {row['fcd']:.3f} | "
                      f"{1e3 * row['kid_classifier']:.2f} | "
                      f"{row['class_accuracy']:.3f} | {row['sr_seconds_per_image']:.4f} |")
     lines += ["", "Same base images in every row; a row with another η than the rest is the deterministic-DDIM "
@@ -260,22 +251,22 @@ def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
 
     from ddpm_jax.pipelines.images import make_grid
 
-    sweep, eta = _main_sweep(study), study["preset"].get("sr_eta", 0.0)
+    sweep, eta = _main_sweep(study), study["preset"]["sr_eta"]
     size = study["data"]["image_size"]
-    rows = [("real test", real), (f"single (η={study['models']['single'].get('eta', 0.0):g})", grids["single"]),
+    rows = [("real test", real), (f"single (η={study['models']['single']['eta']:g})", grids["single"]),
             ("base (upsampled)", grids["base"].repeat(size // grids["base"].shape[1], 1).repeat(
                 size // grids["base"].shape[1], 2))]
-    rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r.get("eta", eta) == eta else f", η={r['eta']:g}"),
-              grids[_row_key(r["aug_level"], r.get("eta", eta), eta)]) for r in study["aug_sweep"]]
+    rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r["eta"] == eta else f", η={r['eta']:g}"),
+              grids[_row_key(r["aug_level"], r["eta"], eta)]) for r in study["aug_sweep"]]
     fig = plt.figure(figsize=(11, 0.75 * len(rows) + 1))
     ax = fig.add_subplot(1, 2, 1)
     levels = [r["aug_level"] for r in sweep]
     ax.plot(levels, [r["fcd"] for r in sweep], "o-", label=f"cascade (base + SR, η = {eta:g})")
     for r in study["aug_sweep"]:
-        if r.get("eta", eta) != eta:
+        if r["eta"] != eta:
             ax.plot([r["aug_level"]], [r["fcd"]], "x", color="C3", ms=8, label=f"SR with DDIM η = {r['eta']:g}")
     single = study["models"]["single"]
-    ax.axhline(single["fcd"], color="C1", ls="--", label=f"single model (best: DDIM η = {single.get('eta', 0.0):g})")
+    ax.axhline(single["fcd"], color="C1", ls="--", label=f"single model (best: DDIM η = {single['eta']:g})")
     ax.axhline(study["real_floor"]["fcd"], color="gray", ls=":", label="real test images")
     ax.set_xlabel("SR noise-augmentation level at sampling")
     ax.set_ylabel("FCD (lower is better)")
