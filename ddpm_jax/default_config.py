@@ -15,8 +15,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""          # IDX folder or TFDS data_dir; "" = the dataset's default location
     c.data.image_size = 8         # images are nearest-upsampled or centre-padded to this size
     c.data.random_flip = False
+    c.data.channels = 3               # folder:PATH datasets only: images are converted to this many channels
 
     c.model = ml_collections.ConfigDict()
+    c.model.backbone = "unet"         # denoiser network (ddpm_jax.models.build.BACKBONES)
     c.model.ch = 64
     c.model.ch_mult = (1, 2)
     c.model.num_res_blocks = 2
@@ -52,8 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.checkpoint_every = 500
     c.training.keep_checkpoints = 3
     c.training.async_checkpointing = True
-    c.training.sample_every = 0       # 0: only at the end
+    c.training.sample_every = 0       # steps between sample grids (and one at the end); 0: no grids
     c.training.cond_drop_prob = 0.0   # classifier-free guidance: probability of the null label
+    c.training.label_smoothing = 0.0  # classifier task
     c.training.grad_accum_steps = 1   # micro-batches per optimizer step (batch_size / k each, gradients averaged)
 
     c.sampling = ml_collections.ConfigDict()

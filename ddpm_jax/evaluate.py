@@ -40,7 +40,9 @@ flags.DEFINE_bool("save_features", False, "stats mode: also save the raw feature
                   "distance mode can compute KID.")
 flags.DEFINE_string("stats_a", None, "distance mode: first stats file.")
 flags.DEFINE_string("stats_b", None, "distance mode: second stats file.")
-config_flags.DEFINE_config_file("config", None, "samples mode: the model's config.", lock_config=False)
+config_flags.DEFINE_config_file("config", None, "samples mode: the model's config (optional: default the workdir's "
+                                "recorded config; it may differ from it only in sampling settings).",
+                                lock_config=False)
 flags.DEFINE_string("workdir", None, "samples mode: the model's workdir (latest checkpoint, EMA weights).")
 flags.DEFINE_integer("num_samples", 1000, "samples mode: number of generated images.")
 flags.DEFINE_integer("seed", 0, "samples mode: sampling seed.")
@@ -74,7 +76,7 @@ def load_images(path: str) -> np.ndarray:
 def make_extractor():
     """(callable images -> (features, logits), manifest dict) for the chosen feature space."""
     if FLAGS.features == "classifier":
-        from ddpm_jax.training.quality import classifier_features_from_workdir
+        from ddpm_jax.evaluation.quality import classifier_features_from_workdir
 
         if not FLAGS.classifier_workdir:
             raise app.UsageError("--features=classifier needs --classifier_workdir (train configs/classifier_*.py)")
@@ -192,22 +194,26 @@ def mode_distance():
 def mode_samples():
     from ddpm_jax.data import load_source, resize_nearest
     from ddpm_jax.evaluation.statistics import feature_statistics
-    from ddpm_jax.training import loop
+    from ddpm_jax.pipelines.workdir import check_num, sample_workdir
+    from ddpm_jax.tasks import load_trained
 
-    if FLAGS.config is None or not FLAGS.workdir:
-        raise app.UsageError("--mode=samples needs --config and --workdir")
-    config = FLAGS.config
+    if not FLAGS.workdir:
+        raise app.UsageError("--mode=samples needs --workdir (and optionally --config with sampling overrides)")
+    check_num(FLAGS.num_samples)
+    trained = load_trained(FLAGS.workdir, FLAGS.config)  # read-only: the recorded config (+ safe overrides)
+    config = trained.config
     extractor, manifest = make_extractor()
     source = load_source(config.data.name, config.data.split, config.data.get("data_dir") or None)
     ref = resize_nearest(source.images[:FLAGS.num_reference or None], config.data.image_size)
-    out = loop.sample(config, FLAGS.workdir, FLAGS.num_samples, out_name=f"eval_{FLAGS.num_samples}")
+    out = sample_workdir(FLAGS.workdir, FLAGS.num_samples, config, out_name=f"eval_{FLAGS.num_samples}",
+                         seed=FLAGS.seed, trained=trained)
     samples = np.load(out["npz"])
     images, labels = samples["images"], samples["labels"]
     feats, logits = extract(extractor, images)
     ref_feats, _ = extract(extractor, ref)
     ref_stats = feature_statistics(ref_feats)
-    conditional = bool(config.model.get("class_conditional", False))
-    conditional |= config.get("task") in ("text_diffusion", "latent_text_diffusion")  # one class prompt per label
+    conditional = bool(config.model.class_conditional)
+    conditional |= config.task in ("text_diffusion", "latent_text_diffusion")  # one class prompt per label
     result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
     if FLAGS.baseline_split:

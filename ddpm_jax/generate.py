@@ -43,14 +43,15 @@ def main(argv):
     setup_logging()
 
     def body():
-        from ddpm_jax.training.text import clip_score_of, generate_from_workdir, load_domain_clip
+        from ddpm_jax.evaluation.quality import clip_score_of, load_domain_clip
+        from ddpm_jax.pipelines.workdir import generate_text
 
         if FLAGS.sr_workdir or FLAGS["class"].value:
             return cascade()
         if not FLAGS.prompt:
             raise ValueError("give --prompt (a text-to-image workdir) or --class/--sr_workdir (a cascade)")
 
-        out = generate_from_workdir(FLAGS.workdir, FLAGS.prompt, FLAGS.num, FLAGS.guidance, FLAGS.sampler,
+        out = generate_text(FLAGS.workdir, FLAGS.prompt, FLAGS.num, FLAGS.guidance, FLAGS.sampler,
                                     FLAGS.steps, FLAGS.seed, FLAGS.ema, FLAGS.out)
         print(f"wrote {FLAGS.num} images for {FLAGS.prompt} (guidance {out['guidance']:g}, {out['sampler']} "
               f"{out['num_steps'] or 'default'} steps, checkpoint step {out['step']}): {out['png']} and {out['npz']}")
@@ -77,7 +78,7 @@ def cascade():
 
     import numpy as np
 
-    from ddpm_jax.training.super_resolution import cascade_from_workdirs, write_cascade
+    from ddpm_jax.pipelines.cascade import cascade_from_workdirs, write_cascade
 
     sr = FLAGS.sr_workdir or []
     per = {k: _per_stage(FLAGS[f"sr_{k}"].value, len(sr), f"sr_{k}") for k in ("sampler", "steps", "guidance",

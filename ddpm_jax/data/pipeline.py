@@ -109,7 +109,7 @@ def make_pipeline(config, source: ArraySource, process_index: int = 0, process_c
                   batch_size: Optional[int] = None) -> BatchPipeline:
     """Build the pipeline from ``config.data`` and ``config.training.batch_size``."""
     return BatchPipeline(source, batch_size or config.training.batch_size, config.data.image_size,
-                         seed=config.seed, random_flip=config.data.get("random_flip", False),
+                         seed=config.seed, random_flip=config.data.random_flip,
                          process_index=process_index, process_count=process_count)
 
 

@@ -13,12 +13,20 @@ def classifier_free_guidance(denoise: Denoise, guidance_scale: float, null_cond:
     """Wrap ``denoise`` so it returns uncond + w (cond - uncond), in one batched network call.
 
     ``null_cond`` has the structure of ``cond`` for one example (or a full batch) and stands for "no condition"
-    (e.g. the null class label or the empty-prompt embedding). w = 1 is the conditional model, w = 0 unconditional.
+    (e.g. the null class label or the empty-prompt embedding). When both are dicts, ``null_cond`` may hold a subset
+    of the keys: the others (e.g. a super-resolution stage's low-res image) are the same in both halves.
+    w = 1 is the conditional model, w = 0 unconditional.
     """
+
+    def null_like(cond):
+        fill = lambda n, c: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape)
+        if isinstance(cond, dict) and isinstance(null_cond, dict):
+            return {k: jax.tree.map(fill, null_cond[k], c) if k in null_cond else c for k, c in cond.items()}
+        return jax.tree.map(fill, null_cond, cond)
 
     def guided(x_t, t, cond):
         batch = x_t.shape[0]
-        null = jax.tree.map(lambda n, c: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), null_cond, cond)
+        null = null_like(cond)
         both_cond = jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null)
         out = denoise(jnp.concatenate([x_t, x_t], 0), jnp.concatenate([t, t], 0), both_cond)
         out_c, out_u = out[:batch], out[batch:]

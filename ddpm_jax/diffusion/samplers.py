@@ -5,12 +5,13 @@ timestep ``t`` to the next, less noisy timestep ``s`` (``s = -1`` is the clean e
 
 - DDPM ancestral (Ho et al. 2020, eq. 6-7), fixed-small (beta-tilde) or fixed-large (beta) variance, on any
   respaced chain (Nichol & Dhariwal 2021, sec. 4);
-- DDIM (Song et al. 2021, eq. 12) with eta;
+- DDIM (Song et al. 2021, eq. 12) with eta, and optionally a final alpha-bar below 1 (diffusers' DDIMScheduler
+  ``set_alpha_to_one=False``, Stable Diffusion's setting; see :func:`ddim_sample`);
 - DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep second order in lambda = log(alpha / sigma).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -36,17 +37,56 @@ def ddpm_step(schedule: Schedule, x_t, t, s, x0, noise, variance: str = "fixed_s
     return mean + jnp.where(last, 0.0, jnp.sqrt(var)) * noise
 
 
-def ddim_sigma(schedule: Schedule, t, s, eta):
-    """sigma_t(eta) of DDIM eq. 16: eta * sqrt((1 - abar_s)/(1 - abar_t)) * sqrt(1 - abar_t/abar_s)."""
-    ratio = schedule.one_minus_alpha_bar(s) / schedule.one_minus_alpha_bar(t)
-    return eta * jnp.sqrt(ratio * -jnp.expm1(schedule.log_alpha_bar(t) - schedule.log_alpha_bar(s)))
+FinalAlphaCumprod = Optional[Union[float, str]]
 
 
-def ddim_step(schedule: Schedule, x_t, t, s, x0, eps, noise, eta: float = 0.0):
-    """DDIM eq. 12: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z."""
-    abar_s = _bcast(schedule.alpha_bar(s), x_t)
-    sigma = _bcast(ddim_sigma(schedule, t, s, eta), x_t)
-    direction = jnp.sqrt(jnp.maximum(_bcast(schedule.one_minus_alpha_bar(s), x_t) - sigma**2, 0.0)) * eps
+def final_log_alpha_bar(schedule: Schedule, final_alpha_cumprod: FinalAlphaCumprod):
+    """log alpha-bar that DDIM's last step (s = -1) lands on: None for 1 (the clean end; the schedule's own value).
+
+    ``final_alpha_cumprod`` is None, a number in (0, 1] (concrete, not traced), or ``"first"``: alpha-bar_0 of the
+    schedule, i.e. diffusers' ``set_alpha_to_one=False`` (``final_alpha_cumprod = alphas_cumprod[0]``). ``"first"``
+    also works under ``jit`` with a traced schedule; the number ``float(schedule.alpha_bar(0))`` is equivalent eagerly.
+    """
+    if final_alpha_cumprod is None:
+        return None
+    if isinstance(final_alpha_cumprod, str):
+        if final_alpha_cumprod != "first":
+            raise ValueError(f"final_alpha_cumprod must be None, a number in (0, 1] or 'first', "
+                             f"got {final_alpha_cumprod!r}")
+        return schedule.log_alphas_cumprod[0]
+    value = float(final_alpha_cumprod)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"final_alpha_cumprod must be in (0, 1], got {value}")
+    return jnp.float32(np.log(value))
+
+
+def _log_alpha_bar_to(schedule: Schedule, s, final_log):
+    """log alpha-bar at the target ``s``, with ``final_log`` (if not None) in place of 0 where s < 0."""
+    log_ab_s = schedule.log_alpha_bar(s)
+    return log_ab_s if final_log is None else jnp.where(jnp.asarray(s) < 0, final_log, log_ab_s)
+
+
+def ddim_sigma(schedule: Schedule, t, s, eta, final_alpha_cumprod: FinalAlphaCumprod = None):
+    """sigma_t(eta) of DDIM eq. 16: eta * sqrt((1 - abar_s)/(1 - abar_t)) * sqrt(1 - abar_t/abar_s).
+
+    abar_s at s < 0 is 1 (sigma = 0: the last step is deterministic), or ``final_alpha_cumprod`` when given (see
+    :func:`final_log_alpha_bar`; diffusers then adds noise on the last step too).
+    """
+    log_ab_s = _log_alpha_bar_to(schedule, s, final_log_alpha_bar(schedule, final_alpha_cumprod))
+    ratio = -jnp.expm1(log_ab_s) / schedule.one_minus_alpha_bar(t)
+    return eta * jnp.sqrt(ratio * -jnp.expm1(schedule.log_alpha_bar(t) - log_ab_s))
+
+
+def ddim_step(schedule: Schedule, x_t, t, s, x0, eps, noise, eta: float = 0.0,
+              final_alpha_cumprod: FinalAlphaCumprod = None):
+    """DDIM eq. 12: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z.
+
+    At s < 0, abar_s is 1 (x_s = x0) unless ``final_alpha_cumprod`` is given (see :func:`final_log_alpha_bar`).
+    """
+    log_ab_s = _log_alpha_bar_to(schedule, s, final_log_alpha_bar(schedule, final_alpha_cumprod))
+    abar_s = _bcast(jnp.exp(log_ab_s), x_t)
+    sigma = _bcast(ddim_sigma(schedule, t, s, eta, final_alpha_cumprod), x_t)
+    direction = jnp.sqrt(jnp.maximum(_bcast(-jnp.expm1(log_ab_s), x_t) - sigma**2, 0.0)) * eps
     return jnp.sqrt(abar_s) * x0 + direction + sigma * noise
 
 
@@ -126,9 +166,19 @@ def sample_loop(
 # ------------------------------------------------------------------------------------------------- samplers
 
 
+def _only_ddim(sampler: str, final_alpha_cumprod) -> None:
+    if final_alpha_cumprod is not None:
+        raise ValueError(f"final_alpha_cumprod is a DDIM-only option (diffusers' set_alpha_to_one); "
+                         f"sampler {sampler!r} always ends at alpha-bar 1, pass None")
+
+
 def ddpm_sample(denoise, schedule, x_T, key, cond=None, num_steps: Optional[int] = None,
-                variance: str = "fixed_small", spacing: str = "leading", **loop_kwargs):
-    """Ancestral sampling over all T steps, or a respaced chain of ``num_steps``."""
+                variance: str = "fixed_small", spacing: str = "leading", final_alpha_cumprod: FinalAlphaCumprod = None,
+                **loop_kwargs):
+    """Ancestral sampling over all T steps, or a respaced chain of ``num_steps``. It always ends at alpha-bar 1, as
+    diffusers' DDPMScheduler does; ``final_alpha_cumprod`` must be None (accepted so one config can feed any sampler).
+    """
+    _only_ddim("ddpm", final_alpha_cumprod)
     timesteps = respace_timesteps(schedule.num_timesteps, num_steps or schedule.num_timesteps, spacing)
 
     def step(x, t, s, x0, eps, key, carry, index):
@@ -138,21 +188,33 @@ def ddpm_sample(denoise, schedule, x_T, key, cond=None, num_steps: Optional[int]
 
 
 def ddim_sample(denoise, schedule, x_T, key, cond=None, num_steps: int = 50, eta: float = 0.0,
-                spacing: str = "leading", **loop_kwargs):
-    """DDIM: eta = 0 is deterministic (the probability-flow ODE), eta = 1 has DDPM's posterior variance."""
+                spacing: str = "leading", final_alpha_cumprod: FinalAlphaCumprod = None, **loop_kwargs):
+    """DDIM: eta = 0 is deterministic (the probability-flow ODE), eta = 1 has DDPM's posterior variance.
+
+    ``final_alpha_cumprod`` is the alpha-bar the last step lands on (diffusers' DDIMScheduler ``final_alpha_cumprod``):
+    None (default) is 1, the clean end, and the result is the last x0 estimate; ``"first"`` is the schedule's
+    alpha-bar_0, diffusers' ``set_alpha_to_one=False`` as Stable Diffusion's scheduler config sets it, and the result
+    is then x at that (small) noise level, as diffusers returns it; a number in (0, 1] is used as given. With
+    ``spacing="trailing"`` and num_steps dividing T, ``"first"`` reproduces diffusers' DDIMScheduler(
+    timestep_spacing="trailing", set_alpha_to_one=False) trajectory (tests/test_golden_schedulers.py).
+    """
     timesteps = respace_timesteps(schedule.num_timesteps, num_steps, spacing)
+    final_log_alpha_bar(schedule, final_alpha_cumprod)  # validate before tracing the loop
 
     def step(x, t, s, x0, eps, key, carry, index):
         noise = jax.random.normal(key, x.shape) if eta else jnp.zeros_like(x)
-        return ddim_step(schedule, x, t, s, x0, eps, noise, eta), carry
+        return ddim_step(schedule, x, t, s, x0, eps, noise, eta, final_alpha_cumprod), carry
 
     return sample_loop(denoise, schedule, x_T, timesteps, step, key, cond, **loop_kwargs)
 
 
 def dpm_solver_pp_2m_sample(denoise, schedule, x_T, key, cond=None, num_steps: int = 20,
-                            spacing: str = "linspace", **loop_kwargs):
+                            spacing: str = "linspace", final_alpha_cumprod: FinalAlphaCumprod = None, **loop_kwargs):
     """DPM-Solver++(2M) for 10-25 step sampling: first order on the first step (no previous estimate yet), second
-    order after; the last step lands on sigma = 0 and returns the x0 estimate (diffusers' final_sigmas_type="zero")."""
+    order after; the last step lands on sigma = 0 and returns the x0 estimate (diffusers' final_sigmas_type="zero").
+    ``final_alpha_cumprod`` must be None (diffusers' final_sigmas_type="sigma_min" is its analogue, not implemented).
+    """
+    _only_ddim("dpm_solver_pp_2m", final_alpha_cumprod)
     if spacing == "linspace":  # diffusers: linspace over [0, T-1] with S+1 points, dropping t = 0
         timesteps = np.round(np.linspace(0, schedule.num_timesteps - 1, num_steps + 1))[::-1][:-1].astype(np.int32)
     else:
@@ -172,7 +234,8 @@ SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm_solver_pp_2m": dpm_so
 
 
 def sample(denoise, schedule, x_T, key, sampler: str = "ddim", **kwargs):
-    """Dispatch to a sampler by name (``ddpm``, ``ddim``, ``dpm_solver_pp_2m``)."""
+    """Dispatch to a sampler by name (``ddpm``, ``ddim``, ``dpm_solver_pp_2m``). Every sampler accepts
+    ``final_alpha_cumprod=None``; only ``ddim`` accepts another value (see :func:`ddim_sample`)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)}")
     return SAMPLERS[sampler](denoise, schedule, x_T, key, **kwargs)

@@ -15,7 +15,7 @@ def unet_from_config(model_config, num_classes: int | None = None, context_dim: 
     """The U-Net denoiser; class-conditional when ``model_config.class_conditional`` and ``num_classes`` is known;
     text-conditional (cross-attention to [B, L, context_dim] tokens, pooled [B, pooled_dim] vector) when given;
     a super-resolution stage conditioned on a low-res image of ``low_res_channels`` when given."""
-    conditional = model_config.get("class_conditional", False)
+    conditional = model_config.class_conditional
     if conditional and not num_classes:
         raise ValueError("model.class_conditional needs a dataset with labels (num_classes > 0)")
     return UNet(
@@ -26,13 +26,25 @@ def unet_from_config(model_config, num_classes: int | None = None, context_dim: 
         dropout=model_config.dropout,
         num_classes=num_classes if conditional else None,
         context_dim=context_dim,
-        cross_attn_resolutions=tuple(model_config.get("cross_attn_resolutions", ())) or None,
+        cross_attn_resolutions=tuple(model_config.cross_attn_resolutions) or None,
         pooled_dim=pooled_dim,
         low_res_channels=low_res_channels,
-        num_heads=model_config.get("num_heads", 1),
-        num_groups=model_config.get("num_groups", 32),
-        dtype=DTYPES[model_config.get("dtype", "float32")],
+        num_heads=model_config.num_heads,
+        num_groups=model_config.num_groups,
+        dtype=DTYPES[model_config.dtype],
     )
+
+
+BACKBONES = {"unet": unet_from_config}  # model.backbone -> builder(model_config, num_classes, context_dim, ...)
+
+
+def denoiser_from_config(model_config, num_classes: int | None = None, context_dim: int | None = None,
+                         pooled_dim: int | None = None, low_res_channels: int | None = None):
+    """The denoiser of ``model.backbone`` (see :mod:`ddpm_jax.models.denoiser` for its call shape)."""
+    name = model_config.backbone
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {name!r}; registered: {sorted(BACKBONES)}")
+    return BACKBONES[name](model_config, num_classes, context_dim, pooled_dim, low_res_channels)
 
 
 def classifier_from_config(model_config, num_classes: int) -> Classifier:

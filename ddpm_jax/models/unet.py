@@ -9,12 +9,13 @@ bilinearly upsampled to the output size and concatenated to the input channels, 
 conditioning augmentation embedded and added to the time embedding. All are off by default, so the default parameter
 tree is unchanged.
 """
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.models.denoiser import check_cond
 from ddpm_jax.models.layers import (AttnBlock, CrossAttnBlock, Downsample, ResBlock, Upsample, conv3x3,
                                     default_init, group_norm, timestep_embedding, zero_init)
 
@@ -35,11 +36,12 @@ class UNet(nn.Module):
     """DDPM U-Net: `num_res_blocks` ResBlocks per level (+ self-attention at `attn_resolutions`), a
     ResBlock-Attn-ResBlock middle, and a mirrored up path of `num_res_blocks + 1` ResBlocks eating skip connections.
 
-    Call: `x` [B, H, W, C] float, `t` [B] (or scalar) DDPM time indices in [0, T), possibly fractional; `y` [B] int
-    labels where `num_classes` means "no label" (None = all null); `context` [B, L, context_dim] with optional
-    `context_mask` [B, L] bool; `pooled` [B, pooled_dim]; `low_res` [B, h, w, low_res_channels] (super-resolution:
-    upsampled bilinearly to H x W and concatenated to `x`) with `aug_level` [B] (or scalar) the timestep of the noise
-    augmentation applied to it, 0 = clean (None: 0). Returns [B, H, W, out_channels] float32.
+    Call (the :mod:`ddpm_jax.models.denoiser` protocol): `x` [B, H, W, C] float, `t` [B] (or scalar) DDPM time
+    indices in [0, T), possibly fractional, and `cond`, a dict with any of: `label` [B] int labels where
+    `num_classes` means "no label" (absent = all null); `context` [B, L, context_dim] with optional `context_mask`
+    [B, L] bool; `pooled` [B, pooled_dim]; `low_res` [B, h, w, low_res_channels] (super-resolution: upsampled
+    bilinearly to H x W and concatenated to `x`) with `aug_level` [B] (or scalar) the timestep of the noise
+    augmentation applied to it, 0 = clean (absent: 0). Returns [B, H, W, out_channels] float32.
 
     Cross-attention (when `context_dim` is set) follows the middle self-attention and every feature map whose height is
     in `cross_attn_resolutions` (None: the same heights as `attn_resolutions`).
@@ -60,10 +62,11 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, y: Optional[jnp.ndarray] = None,
-                 context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None,
-                 pooled: Optional[jnp.ndarray] = None, *, train: bool = False, low_res: Optional[jnp.ndarray] = None,
-                 aug_level: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, cond: Optional[Mapping[str, Any]] = None, *,
+                 train: bool = False) -> jnp.ndarray:
+        cond = check_cond(cond)
+        y, context, context_mask, pooled = (cond.get(k) for k in ("label", "context", "context_mask", "pooled"))
+        low_res, aug_level = cond.get("low_res"), cond.get("aug_level")
         self._check_inputs(x, y, context, context_mask, pooled)
         temb = self._embed(x.shape[0], t, y, pooled)
         out_ch = self.out_channels or x.shape[-1]

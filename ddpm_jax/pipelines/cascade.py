@@ -1,125 +1,83 @@
-"""Cascaded pixel diffusion (SR3, Imagen, DALL-E 2): a base model makes a small image, super-resolution diffusion
-stages enlarge it, each stage with its own sampler, steps and guidance.
-
-A super-resolution denoiser sees ``x_t`` at the output size, the low-resolution image (upsampled inside the U-Net) and
-the timestep of the noise conditioning augmentation (Imagen sec. 2.5; Ho et al. 2022, "Cascaded Diffusion Models"):
-the low-res image is corrupted with q(z_s | z_0) at a level s, in training at a random s and at sampling at a fixed
-one, so that the stage tolerates the artefacts of the stage before it.
-
-Augmentation levels are fractions a in [0, 1) of the chain: the augmentation timestep is s = round(a T) noise steps,
-s = 0 leaves the image clean, and s >= 1 is q_sample at schedule index s - 1.
-"""
+"""Cascaded pixel diffusion (SR3, Imagen, DALL-E 2) from trained workdirs: a base model makes a small image,
+super-resolution stages (task ``super_resolution``) enlarge it, each stage with its own sampler, steps, guidance,
+eta and noise-augmentation level."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional, Sequence
+import time
+from typing import Any, Dict, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import diffusion
-from ddpm_jax.pipelines.pixel import sampler_kwargs
+from ddpm_jax.data import to_uint8
+from ddpm_jax.pipelines.images import save_grid
+from ddpm_jax.pipelines.workdir import with_sampling
+from ddpm_jax.tasks import Trained, load_trained
+from ddpm_jax.workdir import Workdir
 
 
-def aug_timestep(level: float, num_timesteps: int) -> int:
-    """The augmentation timestep of a level a in [0, 1): round(a T); 0 = no augmentation."""
-    if not 0.0 <= level < 1.0:
-        raise ValueError(f"an augmentation level must be in [0, 1), got {level}")
-    return int(round(level * num_timesteps))
+def load_stage(workdir: str, tasks: Sequence[str], what: str, use_ema: bool = True, **overrides) -> Trained:
+    """A trained workdir of one of ``tasks`` with sampling ``overrides`` (sampler, steps, guidance, eta,
+    aug_level)."""
+    config = Workdir(workdir).config_for_reading()
+    if config.task not in tasks:
+        raise ValueError(f"{workdir} holds a {config.task} run; {what} must be one of {', '.join(tasks)}")
+    return load_trained(workdir, with_sampling(config, **{k: v for k, v in overrides.items()}), use_ema)
 
 
-def random_aug_timesteps(key: jax.Array, batch: int, max_level: float, num_timesteps: int) -> jnp.ndarray:
-    """Training: s ~ U{0, ..., floor(max_level T) - 1} per example (Imagen: s ~ U[0, max_level T)); all 0 when
-    max_level is 0."""
-    high = int(max_level * num_timesteps)
-    if high <= 0:
-        return jnp.zeros((batch,), jnp.int32)
-    return jax.random.randint(key, (batch,), 0, high)
+def run_stage(stage: Trained, key: jax.Array, num: int, labels=None, prompts=None, low_res=None) -> tuple:
+    """(images float [-1, 1], labels) of one stage (base: labels or prompts; SR: the previous stage's images)."""
+    run = stage.run
+    x, labels, _ = run.task.generate(run, stage.params, key, num, labels, prompts, low_res)
+    return np.clip(run.to_pixels(x), -1.0, 1.0), labels
 
 
-def noise_augment(schedule: diffusion.Schedule, low_res: jnp.ndarray, aug_t: jnp.ndarray,
-                  noise: jnp.ndarray) -> jnp.ndarray:
-    """z_s = sqrt(abar) z_0 + sqrt(1 - abar) eps at schedule index s - 1 (s = 0: z_0 itself)."""
-    return diffusion.q_sample(schedule, low_res, jnp.asarray(aug_t) - 1, noise)
+def cascade_from_workdirs(base_workdir: str, sr_workdirs: Sequence[str], num: int, seed: int = 0,
+                          labels: Optional[np.ndarray] = None, prompts: Optional[Sequence[str]] = None,
+                          base_overrides: Optional[dict] = None, sr_overrides: Optional[Sequence[dict]] = None,
+                          use_ema: bool = True) -> Dict[str, Any]:
+    """Base model -> every SR stage in order. ``*_overrides``: sampler, steps, guidance (and aug_level, eta for SR
+    stages) per stage. Returns {"images": [base, stage 1, ...] float [-1, 1], "labels", "seconds": per stage}.
 
-
-def sr_apply(model, params, x_t, t, low_res, aug_t, labels=None, train: bool = False, rngs=None):
-    """One call of a super-resolution U-Net (class labels only when the model takes them)."""
-    y = labels if model.num_classes else None
-    return model.apply({"params": params}, x_t, t, y, train=train, rngs=rngs, low_res=low_res, aug_level=aug_t)
-
-
-def make_sr_sample_fn(model, schedule: diffusion.Schedule, sampling_config, prediction_type: str = "eps",
-                      aug_level: Optional[float] = None) -> Callable:
-    """A jitted ``fn(params, x_T, key, low_res, labels) -> x_0`` for a super-resolution stage.
-
-    The low-res image is augmented once at ``aug_level`` (default ``sampling_config.sr_aug_level`` or 0) with noise
-    from ``key``; with a class-conditional stage and ``guidance_scale`` != 1, classifier-free guidance on the label
-    (the low-res image stays in both halves). ``sampling.dynamic_threshold`` reaches every sampler as for a base model.
-    """
-    name = sampling_config.sampler
-    kwargs = sampler_kwargs(sampling_config)
-    scale = float(sampling_config.get("guidance_scale", 1.0))
-    level = sampling_config.get("sr_aug_level", 0.0) if aug_level is None else aug_level
-    aug_t = aug_timestep(float(level or 0.0), schedule.num_timesteps)
-
-    @jax.jit
-    def sample_fn(params, x_T, key, low_res, labels):
-        k_aug, k_sample = jax.random.split(key)
-        batch = x_T.shape[0]
-        s = jnp.full((batch,), aug_t, jnp.int32)
-        z = noise_augment(schedule, low_res, s, jax.random.normal(k_aug, low_res.shape))
-
-        def denoise(x_t, t, y):
-            n = x_t.shape[0] // batch  # 2 under classifier-free guidance (the batch is [cond; uncond])
-            return sr_apply(model, params, x_t, t, jnp.tile(z, (n, 1, 1, 1)), jnp.tile(s, n), y)
-
-        if model.num_classes and scale != 1.0:
-            denoise = diffusion.classifier_free_guidance(denoise, scale, jnp.asarray(model.num_classes, jnp.int32))
-        return diffusion.sample(denoise, schedule, x_T, k_sample, sampler=name, cond=labels,
-                                prediction_type=prediction_type, **kwargs)
-
-    return sample_fn
-
-
-def super_resolve(sample_fn: Callable, params, key: jax.Array, low_res: np.ndarray, image_shape: tuple,
-                  labels: Optional[np.ndarray] = None, batch_size: int = 64) -> np.ndarray:
-    """Enlarge ``low_res`` (float [-1, 1], NHWC) to ``image_shape`` in batches of a fixed size (one compilation);
-    batch b uses fold_in(key, b) as :func:`ddpm_jax.pipelines.pixel.generate` does."""
-    num = len(low_res)
-    labels = np.zeros(num, np.int32) if labels is None else np.asarray(labels, np.int32)
-    out = []
-    for b, start in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - start)
-        k_noise, k_sample = jax.random.split(jax.random.fold_in(key, b))
-        x_T = jax.random.normal(k_noise, (batch_size,) + tuple(image_shape))
-        low = np.zeros((batch_size,) + low_res.shape[1:], np.float32)
-        low[:n] = low_res[start:start + n]
-        y = np.zeros(batch_size, np.int32)
-        y[:n] = labels[start:start + n]
-        out.append(np.asarray(sample_fn(params, x_T, k_sample, jnp.asarray(low), jnp.asarray(y)))[:n])
-    return np.concatenate(out, 0)
-
-
-@dataclasses.dataclass
-class SRStage:
-    """One super-resolution stage of a cascade: its jitted sampler, parameters and output shape."""
-
-    sample_fn: Callable
-    params: Any
-    image_shape: tuple
-    name: str = "sr"
-    batch_size: int = 64
-
-
-def run_cascade(base_images: np.ndarray, stages: Sequence[SRStage], key: jax.Array,
-                labels: Optional[np.ndarray] = None) -> list:
-    """Enlarge the base model's images (float [-1, 1]) through every stage in turn; returns the images after each
-    stage, the base first. Stage i samples with fold_in(key, i); each stage's output is clipped to [-1, 1]."""
-    outputs = [np.clip(np.asarray(base_images, np.float32), -1.0, 1.0)]
+    Stage i samples with fold_in(key, i); labels reach class-conditional SR stages; a stage's input size must equal
+    the previous stage's output size (checked before any sampling)."""
+    if num < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {num}")
+    key = jax.random.key(seed)
+    base = load_stage(base_workdir, ("diffusion", "text_diffusion"), "a cascade's base", use_ema,
+                      **(base_overrides or {}))
+    stages = [load_stage(w, ("super_resolution",), "a cascade's SR stage", use_ema, **o)
+              for w, o in zip(sr_workdirs, sr_overrides or [{}] * len(sr_workdirs))]
+    size = base.config.data.image_size
+    for workdir, stage in zip(sr_workdirs, stages):
+        if stage.config.sr.low_res_size != size:
+            raise ValueError(f"SR stage {workdir} enlarges {stage.config.sr.low_res_size}px images but gets {size}px "
+                             f"ones")
+        size = stage.config.data.image_size
+    t0 = time.perf_counter()
+    images, labels = run_stage(base, jax.random.fold_in(key, 0), num, labels, prompts)
+    outputs, seconds = [images], [time.perf_counter() - t0]
+    stage_labels = labels if base.run.text is None else None  # prompt indices are not class labels
     for i, stage in enumerate(stages):
-        x = super_resolve(stage.sample_fn, stage.params, jax.random.fold_in(key, i), outputs[-1], stage.image_shape,
-                          labels, stage.batch_size)
-        outputs.append(np.clip(x, -1.0, 1.0))
-    return outputs
+        t0 = time.perf_counter()
+        use = stage_labels if stage.run.model.num_classes else None
+        images, _ = run_stage(stage, jax.random.fold_in(key, i + 1), num, use, None, outputs[-1])
+        outputs.append(images)
+        seconds.append(time.perf_counter() - t0)
+    return {"images": outputs, "labels": np.asarray(labels), "seconds": seconds}
+
+
+def write_cascade(out: str, result: Dict[str, Any], ncols: Optional[int] = None) -> Dict[str, str]:
+    """``out``.png: the final images; ``out``_stages.png: each stage's images upscaled to the final size, one row
+    block per stage (base first); ``out``.npz: uint8 ``images`` (final), ``stage_K`` arrays, ``labels``."""
+    root = out[:-4] if out.endswith(".png") else out
+    stages = [to_uint8(x) for x in result["images"]]
+    size = stages[-1].shape[1]
+    png = save_grid(root + ".png", stages[-1], ncols)
+    blocks = [x.repeat(size // x.shape[1], 1).repeat(size // x.shape[1], 2) for x in stages]
+    stages_png = save_grid(root + "_stages.png", np.concatenate(blocks), ncols or len(stages[-1]))
+    npz = root + ".npz"
+    np.savez_compressed(npz, images=stages[-1], labels=result["labels"],
+                        **{f"stage_{i}": x for i, x in enumerate(stages)})
+    return {"png": png, "stages_png": stages_png, "npz": npz}
+

@@ -82,16 +82,21 @@ class Progress:
         return {"steps_per_sec": rate, "images_per_sec": rate * self.batch_size}
 
 
-USER_ERRORS = (FileNotFoundError, ValueError, FloatingPointError, RuntimeError)
+USER_ERRORS = (OSError, ValueError, FloatingPointError, RuntimeError, KeyError)
 
 
 def run_cli(fn) -> None:
-    """Run a command's body; a user-facing error (missing file, bad config, NaN loss) ends it with one line on
-    stderr and exit status 1. Set DDPM_JAX_DEBUG=1 for the full traceback."""
+    """Run a command's body; a user-facing error (missing file, bad config, refused workdir, full disk, NaN loss)
+    ends it with one line on stderr and exit status 1, at once: ``os._exit`` so that no background writer thread
+    keeps the process alive. Set DDPM_JAX_DEBUG=1 for the full traceback."""
     try:
         fn()
     except USER_ERRORS as e:
         if os.environ.get("DDPM_JAX_DEBUG"):
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(1)

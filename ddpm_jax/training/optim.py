@@ -5,9 +5,9 @@ import optax
 
 
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
-    warmup = optim_config.get("warmup_steps", 0)
+    warmup = optim_config.warmup_steps
     peak = optim_config.lr
-    decay = optim_config.get("decay", "constant")
+    decay = optim_config.decay
     if decay == "constant":
         after = optax.constant_schedule(peak)
     elif decay == "cosine":
@@ -22,8 +22,8 @@ def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
 def make_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(optim_config, num_steps)
     chain = []
-    if optim_config.get("grad_clip", 0.0):
+    if optim_config.grad_clip:
         chain.append(optax.clip_by_global_norm(optim_config.grad_clip))
-    chain.append(optax.adamw(schedule, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999),
-                             eps=optim_config.get("eps", 1e-8), weight_decay=optim_config.get("weight_decay", 0.0)))
+    chain.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
+                             eps=optim_config.eps, weight_decay=optim_config.weight_decay))
     return optax.chain(*chain), schedule

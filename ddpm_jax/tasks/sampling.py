@@ -1,0 +1,97 @@
+"""Sampling for every denoiser: one jitted sampler factory and one padded-batch generation loop.
+
+The sample function is ``fn(params, x_T, key, cond) -> x_0`` where ``cond`` is the denoiser's conditioning dict
+(:mod:`ddpm_jax.models.denoiser`); classifier-free guidance replaces the keys of ``null_cond`` (labels, text) and
+keeps the others (a super-resolution stage's low-res image) in both halves.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import diffusion
+from ddpm_jax.models.denoiser import denoiser_fn
+
+
+def sampler_kwargs(sampling_config) -> dict:
+    """Sampler options from ``config.sampling`` (steps, eta, variance, x0 clipping/thresholding)."""
+    name = sampling_config.sampler
+    if name not in diffusion.SAMPLERS:
+        raise ValueError(f"unknown sampling.sampler {name!r}; use one of {sorted(diffusion.SAMPLERS)}")
+    kwargs = {}
+    if sampling_config.num_steps:
+        if int(sampling_config.num_steps) < 0:
+            raise ValueError(f"sampling.num_steps must be >= 0 (0: the sampler's default), got "
+                             f"{sampling_config.num_steps}")
+        kwargs["num_steps"] = int(sampling_config.num_steps)
+    if name == "ddim":
+        kwargs["eta"] = sampling_config.eta
+    if name == "ddpm":
+        kwargs["variance"] = sampling_config.variance
+    threshold = sampling_config.dynamic_threshold  # when set, it replaces the static clip (Imagen)
+    kwargs["x0_transform"] = diffusion.make_x0_transform(None if threshold else sampling_config.clip_x0,
+                                                         threshold or None)
+    return kwargs
+
+
+def make_sample_fn(model, schedule: diffusion.Schedule, sampling_config, prediction_type: str = "eps",
+                   null_cond: Optional[Dict] = None, guidance_scale: Optional[float] = None,
+                   cond_transform: Optional[Callable] = None) -> Callable:
+    """A jitted ``fn(params, x_T, key, cond) -> x_0``: the whole sampling loop is one compiled program.
+
+    ``guidance_scale`` (default ``sampling.guidance_scale``) != 1 needs ``null_cond``: guidance on a model with
+    nothing to guide on is an error. ``cond_transform(cond, key) -> (cond, key)`` runs first inside the program
+    (a super-resolution stage's noise augmentation of its low-res input).
+    """
+    name = sampling_config.sampler
+    kwargs = sampler_kwargs(sampling_config)
+    scale = float(sampling_config.guidance_scale if guidance_scale is None else guidance_scale)
+    if scale != 1.0 and not null_cond:
+        raise ValueError(f"guidance scale {scale:g} needs a conditional model (class labels or text); this one is "
+                         f"unconditional: use guidance 1")
+    null = {k: jnp.asarray(v) for k, v in (null_cond or {}).items()}
+
+    @jax.jit
+    def sample_fn(params, x_T, key, cond):
+        if cond_transform is not None:
+            cond, key = cond_transform(cond, key)
+        denoise = denoiser_fn(model, params)
+        if scale != 1.0:
+            denoise = diffusion.classifier_free_guidance(denoise, scale, null)
+        return diffusion.sample(denoise, schedule, x_T, key, sampler=name, cond=cond,
+                                prediction_type=prediction_type, **kwargs)
+
+    return sample_fn
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """Repeat the last row up to ``rows`` (a real condition, so padded examples stay finite)."""
+    return a if len(a) == rows else np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+
+def generate(sample_fn: Callable, params, key: jax.Array, num: int, image_shape: tuple, batch_size: int = 64,
+             cond: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+    """``num`` samples (float32 NHWC, images in [-1, 1] or latents) in batches of a fixed size (one compilation);
+    batch b draws x_T and the sampler's noise from fold_in(key, b). ``cond`` holds one row per sample."""
+    if num < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {num}")
+    cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+    for k, v in cond.items():
+        if len(v) != num:
+            raise ValueError(f"cond[{k!r}] has {len(v)} rows for {num} samples")
+    out = []
+    for b, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        k_noise, k_sample = jax.random.split(jax.random.fold_in(key, b))
+        x_T = jax.random.normal(k_noise, (batch_size,) + tuple(image_shape))
+        chunk = {k: jnp.asarray(_pad_rows(v[start:start + n], batch_size)) for k, v in cond.items()}
+        out.append(np.asarray(sample_fn(params, x_T, k_sample, chunk))[:n])
+    return np.concatenate(out, 0)
+
+
+def default_labels(num: int, num_classes: Optional[int]) -> np.ndarray:
+    """Labels 0, 1, ..., K-1, 0, 1, ... so that a grid with K columns has one class per column."""
+    return (np.arange(num) % num_classes).astype(np.int32) if num_classes else np.zeros(num, np.int32)

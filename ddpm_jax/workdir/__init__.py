@@ -1,0 +1,156 @@
+"""One run directory, owned by this layer (below training and pipelines).
+
+``WORKDIR/`` holds ``config.json`` (the run's config, recorded once), ``config_history.jsonl`` (later commands'
+allowed changes), ``lock.json`` (the one trainer), ``checkpoints/`` (Orbax; unreadable ones in
+``checkpoints/corrupt/``), ``final.json`` (the final actions of a finished run are done), and the outputs: metrics,
+samples, evaluations. No command moves, rewrites or deletes a good checkpoint or the recorded config.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from ddpm_jax.workdir.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError,  # noqa: F401
+                                          CheckpointSaveError, describe_mismatch, leaf_shapes)
+from ddpm_jax.workdir.lock import WorkdirLock, WorkdirLockedError  # noqa: F401
+from ddpm_jax.workdir.record import (CONFIG_FILE, HISTORY_FILE, ConfigMismatchError, append_history,  # noqa: F401
+                                     check_compatible, load_recorded, write_record)
+
+log = logging.getLogger("ddpm_jax")
+FINAL_FILE = "final.json"
+
+
+class WorkdirNotWritableError(OSError):
+    """The workdir cannot be written (read-only file system, permissions, full disk)."""
+
+
+def params_sha256(params) -> str:
+    """A fingerprint of a parameter tree (recorded where frozen weights must not change under a run)."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+class Workdir:
+    """A run directory: its recorded config, its lock, its checkpoints and its outputs."""
+
+    def __init__(self, path: str):
+        if not path:
+            raise ValueError("--workdir must name a folder")
+        self.path = os.path.abspath(path)
+
+    def __repr__(self) -> str:
+        return f"Workdir({self.path!r})"
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    # ------------------------------------------------------------------ config
+
+    def recorded_config(self) -> Optional[ml_collections.ConfigDict]:
+        return load_recorded(self.path)
+
+    def config_for_reading(self, given=None) -> ml_collections.ConfigDict:
+        """The config a read-only command (sample, evaluate, generate) uses: the recorded one, or ``given`` when it
+        differs from the record only in safe keys (e.g. sampling settings). Nothing is written."""
+        recorded = self.recorded_config()
+        if recorded is None:
+            raise FileNotFoundError(f"{self.file(CONFIG_FILE)} not found: {self.path} is not a ddpm_jax run "
+                                    f"(train there first)")
+        if given is None:
+            return recorded
+        check_compatible(self.path, recorded, given)
+        return given
+
+    def check_config(self, given) -> dict:
+        """Refuse ``given`` (one line naming the keys, nothing written) if it would change the recorded run; the safe
+        differences otherwise ({} for a new run)."""
+        recorded = self.recorded_config()
+        return {} if recorded is None else check_compatible(self.path, recorded, given)
+
+    def record_config(self, given, command: str = "train") -> None:
+        """Record ``given`` if the run has no config yet (atomically, never overwriting); otherwise append its safe
+        changes to the history. Call with the lock held."""
+        if self.recorded_config() is None:
+            write_record(self.path, given)
+        changes = self.check_config(given)
+        if changes:
+            append_history(self.path, command, changes)
+            log.info("config changes from the recorded run (appended to %s): %s", HISTORY_FILE,
+                     ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items()))
+
+    # ------------------------------------------------------------------ training only
+
+    def lock(self, command: str = "train") -> WorkdirLock:
+        return WorkdirLock(self.path, command)
+
+    def check_writable(self) -> None:
+        """Create the folder and write a probe file; a read-only or full file system is one clear line now, not a
+        traceback at the first checkpoint."""
+        probe = self.file(f".write_probe_{os.getpid()}")
+        try:
+            os.makedirs(self.file("checkpoints"), exist_ok=True)
+            with open(probe, "w") as f:
+                f.write("x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.remove(probe)
+        except OSError as e:
+            raise WorkdirNotWritableError(f"cannot write to the workdir {self.path}: {e.strerror or e}") from None
+
+    def final_done(self, step: int) -> bool:
+        """Whether the final actions (last sample grid, final evaluation) of a run ending at ``step`` were done."""
+        try:
+            with open(self.file(FINAL_FILE)) as f:
+                return json.load(f).get("step") == step
+        except (OSError, ValueError):
+            return False
+
+    def mark_final(self, step: int, outputs: dict) -> None:
+        entry = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 **outputs}
+        tmp = self.file(FINAL_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(entry, f, indent=2)
+        os.replace(tmp, self.file(FINAL_FILE))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpointer(self, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False) -> Checkpointer:
+        if read_only and not os.path.isdir(self.file("checkpoints")):
+            raise FileNotFoundError(f"no checkpoint in {self.file('checkpoints')}: train first with --mode=train")
+        return Checkpointer(self.path, max_to_keep, async_save, read_only)
+
+    def restore_for_reading(self, expected_params: Any = None) -> tuple[int, Any]:
+        """(step, state as stored) of the newest readable checkpoint, opened read-only: nothing is created, moved or
+        deleted. ``expected_params`` (abstract) is checked against the stored params first."""
+        checkpointer = self.checkpointer(read_only=True)
+        try:
+            if not checkpointer.steps():
+                raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
+            if expected_params is not None:
+                step = checkpointer.steps()[-1]
+                try:
+                    stored = leaf_shapes(checkpointer.manager.item_metadata(step).tree)
+                except Exception:  # unreadable metadata: restore_latest reports it and falls back
+                    stored = None
+                if stored is not None:
+                    stored = {k[len("params/"):]: v for k, v in stored.items() if k.startswith("params/")}
+                    problem = describe_mismatch(stored, leaf_shapes(expected_params))
+                    if problem:
+                        raise CheckpointMismatchError(f"checkpoint {step} in {checkpointer.directory} holds another "
+                                                      f"model than this config builds ({problem})")
+            restored = checkpointer.restore_latest(None)
+        finally:
+            checkpointer.close()
+        return restored
