@@ -170,3 +170,33 @@ def test_bad_arguments_raise_clear_errors():
         D.respace_timesteps(1000, 0)
     with pytest.raises(ValueError, match="prediction_type"):
         D.target_for(SCHED, jnp.zeros(1), jnp.zeros(1, jnp.int32), jnp.zeros(1), "score")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm_solver_pp_2m"])
+def test_final_alpha_cumprod_is_ddim_only(sampler):
+    x_T = jnp.zeros((1, 2, 2, 1))
+    with pytest.raises(ValueError, match="final_alpha_cumprod is a DDIM-only option"):
+        D.sample(model, SCHED, x_T, jax.random.key(0), sampler=sampler, num_steps=2, final_alpha_cumprod="first")
+    none = D.sample(model, SCHED, x_T, jax.random.key(0), sampler=sampler, num_steps=2, final_alpha_cumprod=None)
+    np.testing.assert_array_equal(none, D.sample(model, SCHED, x_T, jax.random.key(0), sampler=sampler, num_steps=2))
+
+
+def test_ddim_final_alpha_cumprod_values():
+    """None and 1.0 are the clean end; "first" is alpha-bar_0 (the last DDIM step from t = 0 is then the identity)."""
+    x_T = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+    run = lambda **kw: np.asarray(D.ddim_sample(model, SCHED, x_T, jax.random.key(1), num_steps=10, **kw))
+    np.testing.assert_allclose(run(final_alpha_cumprod=1.0), run(), rtol=1e-6, atol=1e-6)
+    # the number is alpha-bar_0 rounded through exp/log (an ulp below abar at t = 0): sigma is clamped, not NaN
+    first, number = run(final_alpha_cumprod="first"), run(final_alpha_cumprod=float(SCHED.alpha_bar(0)))
+    np.testing.assert_allclose(first, number, rtol=1e-6, atol=1e-6)
+    # leading spacing ends at t = 0, and the step from t = 0 to alpha-bar_0 is the identity
+    _, trajectory = D.ddim_sample(model, SCHED, x_T, jax.random.key(1), num_steps=10, final_alpha_cumprod="first",
+                                  return_trajectory=True)
+    np.testing.assert_allclose(first, trajectory[-2], rtol=1e-5, atol=1e-5)
+    t, s = jnp.array([500, 0]), jnp.array([-1, -1])
+    assert np.all(np.asarray(D.ddim_sigma(SCHED, t, s, 1.0)) == 0)
+    sigma_first = np.asarray(D.ddim_sigma(SCHED, t, s, 1.0, final_alpha_cumprod="first"))
+    assert sigma_first[0] > 0 and sigma_first[1] == 0
+    for bad in (0.0, 1.5, "last"):
+        with pytest.raises(ValueError, match="final_alpha_cumprod must be"):
+            D.ddim_sample(model, SCHED, x_T, jax.random.key(1), num_steps=10, final_alpha_cumprod=bad)

@@ -1,4 +1,4 @@
-"""Our diffusion layer against diffusers' schedulers (golden file made by tests/golden/make_scheduler_golden.py)."""
+"""Our diffusion layer against diffusers' schedulers (golden files made by tests/golden/make_scheduler_golden.py)."""
 import os
 
 import jax
@@ -9,6 +9,7 @@ import pytest
 from ddpm_jax import diffusion as D
 
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "schedulers_diffusers.npz"))
+FINAL_ALPHA = np.load(os.path.join(os.path.dirname(__file__), "golden", "ddim_final_alpha_diffusers.npz"))
 PRED = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
@@ -26,8 +27,9 @@ def assert_close(ours, ref, rtol=1e-5, atol=1e-5):
     np.testing.assert_allclose(np.asarray(ours), np.moveaxis(ref, -3, -1) if ref.ndim >= 3 else ref, rtol=rtol, atol=atol)
 
 
-def test_golden_file_names_reference_versions():
-    assert str(GOLDEN["meta_diffusers_version"]) and str(GOLDEN["meta_torch_version"])
+@pytest.mark.parametrize("golden", [GOLDEN, FINAL_ALPHA])
+def test_golden_file_names_reference_versions(golden):
+    assert str(golden["meta_diffusers_version"]) and str(golden["meta_torch_version"])
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear"])
@@ -92,3 +94,54 @@ def test_dpm_solver_pp_2m_loop_matches_diffusers(steps):
     x = jax.jit(lambda x_T: D.dpm_solver_pp_2m_sample(analytic_eps, sched, x_T, jax.random.key(0), num_steps=steps))(
         nhwc(GOLDEN[f"dpmpp2m_{steps}_xT"]))
     assert_close(x, GOLDEN[f"dpmpp2m_{steps}_x0"], rtol=1e-4, atol=2e-4)
+
+
+# float32 rounding accumulated over 50 steps: measured max abs difference 6e-5 on values up to 60 (a few ulp).
+FINAL_ALPHA_TOL = dict(rtol=1e-5, atol=1e-4)
+
+
+def sd_ddim_trajectory(case, final_alpha_cumprod, x_T):
+    """Our DDIM (eta 0) on diffusers' DDIMScheduler(set_alpha_to_one=False, timestep_spacing="trailing") settings."""
+    sched = D.make_schedule("scaled_linear", 1000)  # default betas 0.00085 .. 0.012 are Stable Diffusion's
+    run = lambda x: D.sample(analytic_eps, sched, x, jax.random.key(0), sampler="ddim", num_steps=50, eta=0.0,
+                             spacing="trailing", final_alpha_cumprod=final_alpha_cumprod, return_trajectory=True)
+    return jax.jit(run)(x_T)[1]
+
+
+@pytest.mark.parametrize("final", ["first", "number"])
+def test_ddim_final_alpha_cumprod_trajectory_matches_diffusers_set_alpha_to_one_false(final):
+    """Stable Diffusion's DDIM: the last step lands on alphas_cumprod[0] (not 1); every step of the 50 compared."""
+    case = "ddim_final_alpha_eta0"
+    sched = D.make_schedule("scaled_linear", 1000)
+    np.testing.assert_array_equal(D.respace_timesteps(1000, 50, "trailing"), FINAL_ALPHA[f"{case}_timesteps"])
+    ref_final = float(FINAL_ALPHA[f"{case}_final_alpha_cumprod"])
+    assert ref_final == float(FINAL_ALPHA[f"{case}_alphas_cumprod_0"]) < 1.0
+    np.testing.assert_allclose(float(sched.alpha_bar(0)), ref_final, rtol=1e-6)
+    x_T = nhwc(FINAL_ALPHA[f"{case}_xT"])
+    trajectory = sd_ddim_trajectory(case, "first" if final == "first" else ref_final, x_T)
+    assert_close(trajectory, FINAL_ALPHA[f"{case}_trajectory"], **FINAL_ALPHA_TOL)
+
+
+def test_ddim_final_alpha_golden_tells_the_final_alpha_apart():
+    """The golden trajectory's last step is far (vs the tolerance above) from the default clean end (alpha-bar 1)."""
+    case = "ddim_final_alpha_eta0"
+    clean = sd_ddim_trajectory(case, None, nhwc(FINAL_ALPHA[f"{case}_xT"]))
+    ref = np.moveaxis(FINAL_ALPHA[f"{case}_trajectory"], -3, -1)
+    np.testing.assert_allclose(clean[:-1], ref[:-1], **FINAL_ALPHA_TOL)  # only the last step differs
+    assert np.abs(np.asarray(clean[-1]) - ref[-1]).max() > 100 * FINAL_ALPHA_TOL["atol"]
+
+
+def test_ddim_eta1_final_alpha_cumprod_trajectory_matches_diffusers():
+    """eta 1 with stored noise: with alpha-bar_0 as the target, the last step has sigma > 0 and adds noise too."""
+    case = "ddim_final_alpha_eta1"
+    sched = D.make_schedule("scaled_linear", 1000)
+    timesteps = D.respace_timesteps(1000, 50, "trailing")
+    np.testing.assert_array_equal(timesteps, FINAL_ALPHA[f"{case}_timesteps"])
+    noise = nhwc(FINAL_ALPHA[f"{case}_noise"])
+
+    def step(x, t, s, x0, eps, key, carry, index):
+        return D.ddim_step(sched, x, t, s, x0, eps, noise[index], 1.0, final_alpha_cumprod="first"), carry
+
+    _, trajectory = jax.jit(lambda x_T: D.sample_loop(analytic_eps, sched, x_T, timesteps, step, jax.random.key(0),
+                                                      return_trajectory=True))(nhwc(FINAL_ALPHA[f"{case}_xT"]))
+    assert_close(trajectory, FINAL_ALPHA[f"{case}_trajectory"], **FINAL_ALPHA_TOL)

@@ -70,11 +70,16 @@ def ddim_sigma(schedule: Schedule, t, s, eta, final_alpha_cumprod: FinalAlphaCum
     """sigma_t(eta) of DDIM eq. 16: eta * sqrt((1 - abar_s)/(1 - abar_t)) * sqrt(1 - abar_t/abar_s).
 
     abar_s at s < 0 is 1 (sigma = 0: the last step is deterministic), or ``final_alpha_cumprod`` when given (see
-    :func:`final_log_alpha_bar`; diffusers then adds noise on the last step too).
+    :func:`final_log_alpha_bar`; diffusers then adds noise on the last step too). A final alpha-bar at or below
+    abar_t (e.g. alpha-bar_0 given as a rounded number, from t = 0) gives sigma = 0 rather than NaN.
     """
-    log_ab_s = _log_alpha_bar_to(schedule, s, final_log_alpha_bar(schedule, final_alpha_cumprod))
+    final_log = final_log_alpha_bar(schedule, final_alpha_cumprod)
+    log_ab_s = _log_alpha_bar_to(schedule, s, final_log)
     ratio = -jnp.expm1(log_ab_s) / schedule.one_minus_alpha_bar(t)
-    return eta * jnp.sqrt(ratio * -jnp.expm1(schedule.log_alpha_bar(t) - log_ab_s))
+    one_minus_ts = -jnp.expm1(schedule.log_alpha_bar(t) - log_ab_s)
+    if final_log is not None:
+        one_minus_ts = jnp.maximum(one_minus_ts, 0.0)
+    return eta * jnp.sqrt(ratio * one_minus_ts)
 
 
 def ddim_step(schedule: Schedule, x_t, t, s, x0, eps, noise, eta: float = 0.0,

@@ -1,22 +1,28 @@
-"""Generate ``schedulers_diffusers.npz``: reference outputs of diffusers' schedulers for tests/test_golden_schedulers.py.
+"""Generate the golden files of diffusers' schedulers for tests/test_golden_schedulers.py:
+
+- ``schedulers_diffusers.npz``: schedules, add_noise, DDPM steps, DDIM and DPM-Solver++(2M) loops;
+- ``ddim_final_alpha_diffusers.npz``: DDIM trajectories with Stable Diffusion's scheduler settings
+  (``set_alpha_to_one=False``, so the last step lands on alphas_cumprod[0], scaled_linear betas, trailing spacing).
 
 Reference: diffusers (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler) on PyTorch, CPU, float32. The versions
-used are printed and stored in the file (``meta_*``). Regenerate with
+used are printed and stored in each file (``meta_*``); the two files may come from different versions. Regenerate with
 
-    pip install torch==2.13.0 diffusers   # in a separate venv: diffusers pulls a huggingface-hub transformers<5 rejects
-    python tests/golden/make_scheduler_golden.py
+    pip install torch==2.13.0 diffusers==0.35.2   # in a separate venv (setup.py's "bench" extra); a newer diffusers
+                                                  # pulls a huggingface-hub that transformers<5 rejects
+    python tests/golden/make_scheduler_golden.py [FILE.npz ...]   # default: every file
 
 The "model" in the full-loop cases is the analytic function :func:`analytic_eps` (the test has a jnp twin), so the
 loops are deterministic and need no network weights. Stochastic steps take their noise from arrays stored here.
 """
 import os
+import sys
 
 import diffusers
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schedulers_diffusers.npz")
+HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPE = (2, 3, 8, 8)  # NCHW in torch; the test transposes to NHWC
 
 
@@ -106,18 +112,55 @@ def dpm_solver_loops(out):
         out[f"dpmpp2m_{steps}_x0"] = x.numpy()
 
 
-def main():
-    torch.manual_seed(0)
-    out = {"meta_diffusers_version": np.array(diffusers.__version__), "meta_torch_version": np.array(torch.__version__)}
-    schedules(out)
-    add_noise(out)
-    ddpm_steps(out)
-    ddim_loops(out)
-    dpm_solver_loops(out)
-    np.savez_compressed(OUT, **out)
-    print(f"wrote {OUT} with diffusers {diffusers.__version__}, torch {torch.__version__}: {len(out)} arrays, "
-          f"{os.path.getsize(OUT) / 1024:.0f} KiB")
+def ddim_final_alpha_loops(out):
+    """DDIM trajectories with Stable Diffusion's DDIMScheduler settings: set_alpha_to_one=False (the last step lands
+    on final_alpha_cumprod = alphas_cumprod[0], not 1), scaled_linear betas, timestep_spacing="trailing" (999, 979,
+    ..., 19; diffusers applies steps_offset only to "leading", so SD's steps_offset=1 changes nothing here).
+
+    50 steps, so that diffusers' prev_timestep = t - T // S is exactly the next timestep of the trailing chain.
+    eta 0, and eta 1 with stored noise (the last step then adds noise too). Every prev_sample is stored.
+    """
+    for key, eta in (("ddim_final_alpha_eta0", 0.0), ("ddim_final_alpha_eta1", 1.0)):
+        s = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
+                          prediction_type="epsilon")
+        s.set_timesteps(50)
+        x = randn(9)
+        out[f"{key}_xT"] = x.numpy()
+        noises, trajectory = [], []
+        for i, t in enumerate(s.timesteps):
+            noise = randn(2000 + i)
+            noises.append(noise)
+            x = s.step(analytic_eps(x, t), t, x, eta=eta, variance_noise=noise if eta else None).prev_sample
+            trajectory.append(x)
+        out[f"{key}_timesteps"] = s.timesteps.numpy()
+        out[f"{key}_final_alpha_cumprod"] = np.asarray(s.final_alpha_cumprod.numpy())
+        out[f"{key}_alphas_cumprod_0"] = np.asarray(s.alphas_cumprod[0].numpy())
+        if eta:
+            out[f"{key}_noise"] = torch.stack(noises).numpy()
+        out[f"{key}_trajectory"] = torch.stack(trajectory).numpy()
+
+
+FILES = {
+    "schedulers_diffusers.npz": (schedules, add_noise, ddpm_steps, ddim_loops, dpm_solver_loops),
+    "ddim_final_alpha_diffusers.npz": (ddim_final_alpha_loops,),
+}
+
+
+def main(names):
+    for name in names:
+        if name not in FILES:
+            raise SystemExit(f"unknown golden file {name!r}; choose from {sorted(FILES)}")
+        torch.manual_seed(0)
+        out = {"meta_diffusers_version": np.array(diffusers.__version__),
+               "meta_torch_version": np.array(torch.__version__)}
+        for fn in FILES[name]:
+            fn(out)
+        path = os.path.join(HERE, name)
+        np.savez_compressed(path, **out)
+        print(f"wrote {path} with diffusers {diffusers.__version__}, torch {torch.__version__}: {len(out)} arrays, "
+              f"{os.path.getsize(path) / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or list(FILES))
