@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver_pp_2m
     c.sampling.num_steps = 50         # 0: the sampler's default (ddpm: all T steps)
     c.sampling.eta = 0.0
+    c.sampling.spacing = ""           # timestep spacing of a respaced chain: leading | trailing | linspace; "": the sampler's
+    c.sampling.final_alpha_cumprod = None  # ddim: alpha-bar of the last step's target; "first" = diffusers'
+    #                                   set_alpha_to_one=False (Stable Diffusion); None = 1 (the clean end)
     c.sampling.variance = "fixed_small"
     c.sampling.clip_x0 = 1.0          # clip x0 estimates to [-1, 1]; None to disable
     c.sampling.dynamic_threshold = ml_collections.config_dict.placeholder(float)  # e.g. 0.995 (Imagen)

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 from ddpm_jax.training import loop, sharding  # noqa: E402
-from ddpm_jax.training.steps import make_diffusion_loss, make_train_step  # noqa: E402
+from ddpm_jax.training.steps import make_train_step  # noqa: E402
 
 
 def per_device_bytes(tree) -> int:
@@ -27,7 +27,8 @@ def per_device_bytes(tree) -> int:
     return max(totals.values())
 
 
-def measure(run, cfg, host_state, data: int, fsdp: int, compile_step: bool) -> dict:
+def measure(setup, cfg, host_state, data: int, fsdp: int, compile_step: bool) -> dict:
+    run = setup.run
     mesh = sharding.make_mesh(data, fsdp)
     shardings = sharding.state_shardings(mesh, host_state, cfg.mesh.fsdp_min_size)
     state = jax.device_put(host_state, shardings)
@@ -35,8 +36,7 @@ def measure(run, cfg, host_state, data: int, fsdp: int, compile_step: bool) -> d
     result = {"params_opt_bytes": per_device_bytes(weights),
               "total_bytes": sum(x.nbytes for x in jax.tree.leaves(weights))}
     if compile_step:  # the compiled train step's view: bytes of its (per-device) arguments
-        loss_fn = make_diffusion_loss(run.model, run.schedule)
-        step = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, 0.999),
+        step = jax.jit(make_train_step(setup.loss_fn(), setup.tx, setup.lr_schedule, 0.999),
                        in_shardings=(shardings, sharding.batch_sharding(mesh)),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
         batch = {"image": jax.ShapeDtypeStruct((16,) + run.image_shape, np.float32),
@@ -52,10 +52,10 @@ def main():
     compile_step = "--compile" in sys.argv
     # a small U-Net whose bytes sit mostly in conv kernels with channel counts divisible by 8
     cfg = tiny_config(**{"model.ch": 32, "model.num_groups": 8, "mesh.fsdp_min_size": 256})
-    run = loop.build_run(cfg)
-    host_state = jax.device_get(jax.jit(run.init_fn)(jax.random.key(0)))
-    replicated = measure(run, cfg, host_state, 8, 1, compile_step)
-    fsdp = measure(run, cfg, host_state, 1, 8, compile_step)
+    setup = loop.build_training(cfg)
+    host_state = jax.device_get(jax.jit(setup.init_fn)(jax.random.key(0)))
+    replicated = measure(setup, cfg, host_state, 8, 1, compile_step)
+    fsdp = measure(setup, cfg, host_state, 1, 8, compile_step)
     assert replicated["params_opt_bytes"] == replicated["total_bytes"]
     result = {"replicated": replicated, "fsdp8": fsdp,
               "ratio": fsdp["params_opt_bytes"] / replicated["params_opt_bytes"]}

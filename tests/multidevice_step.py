@@ -12,20 +12,20 @@ import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from ddpm_jax.data import make_pipeline  # noqa: E402
 from ddpm_jax.training import loop, sharding  # noqa: E402
-from ddpm_jax.training.steps import make_diffusion_loss, make_train_step  # noqa: E402
+from ddpm_jax.training.steps import make_train_step  # noqa: E402
 
 
 def one_step(mesh_shape):
     data, fsdp = mesh_shape
     cfg = tiny_config(**{"training.batch_size": 16, "model.dropout": 0.1})
-    run = loop.build_run(cfg)
+    setup = loop.build_training(cfg)
+    run = setup.run
     devices = jax.devices()[: data * fsdp]
     mesh = sharding.make_mesh(data, fsdp, devices)
-    abstract = jax.eval_shape(run.init_fn, jax.random.key(0))
+    abstract = jax.eval_shape(setup.init_fn, jax.random.key(0))
     shardings = sharding.state_shardings(mesh, abstract, min_size=256)
-    state = jax.jit(run.init_fn, out_shardings=shardings)(jax.random.key(0))
-    loss_fn = make_diffusion_loss(run.model, run.schedule, "eps", "none", 0.2)
-    step = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, 0.99),
+    state = jax.jit(setup.init_fn, out_shardings=shardings)(jax.random.key(0))
+    step = jax.jit(make_train_step(setup.loss_fn(), setup.tx, setup.lr_schedule, 0.99),
                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(shardings, sharding.replicated(mesh)))
     batch = sharding.global_batch(make_pipeline(cfg, run.source).batch(0), mesh)

@@ -8,6 +8,9 @@ import pytest
 
 from conftest import tiny_config
 from test_training import assert_trees_equal
+from ddpm_jax.pipelines.workdir import sample_workdir
+from ddpm_jax.tasks import build_run, load_trained
+from ddpm_jax.tasks.autoencoder import make_autoencoder_loss
 from ddpm_jax.training import loop
 
 
@@ -45,7 +48,7 @@ def test_autoencoder_samples_from_its_prior_as_a_vae(tmp_path):
     cfg = autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 4})
     cfg.autoencoder.kl_weight, cfg.autoencoder.reconstruction = 0.02, "l2"
     loop.train(cfg, str(tmp_path))
-    out = loop.sample(cfg, str(tmp_path), num=5)
+    out = sample_workdir(str(tmp_path), 5, cfg)
     assert os.path.basename(out["npz"]) == "vae_prior_step4.npz"
     images = np.load(out["npz"])["images"]
     assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8 and images.std() > 0
@@ -66,15 +69,14 @@ def test_adversarial_terms_switch_on_at_disc_start():
     import jax
     import jax.numpy as jnp
 
-    from ddpm_jax.training.steps import make_autoencoder_loss
 
     cfg = autoencoder_config()
     cfg.autoencoder.update(disc_weight=0.5, disc_start=3, disc_ch=8, disc_layers=1, disc_groups=4)
-    run = loop.build_run(cfg)
-    params = run.init_fn(jax.random.key(0)).params
+    run = build_run(cfg)
+    params = run.init_params(jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
     batch, key = {"image": x, "label": jnp.zeros(4, jnp.int32)}, jax.random.key(1)
-    adversarial = jax.jit(jax.grad(lambda p, s: loop.make_loss(cfg, run)(p, batch, key, s)[0]))
+    adversarial = jax.jit(jax.grad(lambda p, s: run.task.loss(run)(p, batch, key, s)[0]))
     plain = jax.jit(jax.grad(lambda p: make_autoencoder_loss(run.model, "l1", 1e-6)(p, batch, key)[0]))
     before, after = adversarial(params, 2), adversarial(params, 3)
     norm = lambda tree: max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(tree))
@@ -90,14 +92,15 @@ def test_autoencoder_with_discriminator_trains_checkpoints_and_loads_without_it(
     cfg = autoencoder_config(**{"training.num_steps": 3, "training.checkpoint_every": 3, "training.log_every": 3,
                                 "optim.warmup_steps": 1})
     cfg.autoencoder.update(disc_weight=0.5, disc_start=1, disc_ch=8, disc_layers=1, disc_groups=4)
-    init = loop.build_run(cfg).init_fn(jax.random.key(cfg.seed))
+    init = loop.build_training(cfg).init_fn(jax.random.key(cfg.seed))
     final = loop.train(cfg, str(tmp_path))
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), final.params["discriminator"],
                                          init.params["discriminator"]))
     assert max(moved) > 0
     records = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
     assert all(np.isfinite(r["train/d_loss"]) for r in records if "train/d_loss" in r)
-    _, model, params = loop.load_trained(str(tmp_path))
+    trained = load_trained(str(tmp_path))
+    model, params = trained.run.model, trained.params
     assert sorted(params) == ["decoder", "encoder", "post_quant_conv", "quant_conv"]
 
 

@@ -33,8 +33,8 @@ def test_config_builds_its_model(path):
         shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, x))
     else:
         model = unet_from_config(cfg.model, 10)
-        y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,)), y))
+        cond = {"label": jnp.zeros((1,), jnp.int32)} if model.num_classes else None
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,)), cond))
     assert sum(x.size for x in jax.tree.leaves(shapes)) > 0
 
 

@@ -9,7 +9,9 @@ import pytest
 from conftest import tiny_config
 from ddpm_jax.data import load_digits
 from ddpm_jax.training import loop
-from ddpm_jax.training.latent import scale_factor_from_latents
+from ddpm_jax.pipelines.workdir import sample_workdir
+from ddpm_jax.tasks import build_run
+from ddpm_jax.tasks.latent import scale_factor_from_latents
 from test_autoencoder_training import autoencoder_config
 
 
@@ -38,12 +40,12 @@ def test_latent_diffusion_trains_on_scaled_latents_and_decodes_samples(autoencod
     wd = latent_workdir
     cfg = latent_config(autoencoder_workdir)
     record = json.load(open(os.path.join(wd, "latent.json")))
-    run = loop.build_run(cfg)
+    run = build_run(cfg)
     unscaled = run.latent.encode(load_digits("train").images[:2048], 8)
     assert record["scale_factor"] == pytest.approx(scale_factor_from_latents(unscaled), rel=1e-6)
     assert record["downsample_factor"] == 2 and run.image_shape == (4, 4, 2)
     assert np.std(unscaled * record["scale_factor"]) == pytest.approx(1.0, rel=1e-5)
-    out = loop.sample(cfg, wd, num=6)
+    out = sample_workdir(wd, 6, cfg)
     images = np.load(out["npz"])["images"]
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8  # decoded to pixels, not latents
 
@@ -51,7 +53,7 @@ def test_latent_diffusion_trains_on_scaled_latents_and_decodes_samples(autoencod
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp_2m"])
 def test_every_sampler_works_unchanged_in_latent_space(autoencoder_workdir, latent_workdir, sampler):
     cfg = latent_config(autoencoder_workdir, **{"sampling.sampler": sampler, "sampling.num_steps": 4})
-    out = loop.sample(cfg, latent_workdir, num=3, out_name=f"test_{sampler}")
+    out = sample_workdir(latent_workdir, 3, cfg, out_name=f"test_{sampler}")
     images = np.load(out["npz"])["images"]
     assert images.shape == (3, 8, 8, 1) and images.std() > 0
 
@@ -69,6 +71,6 @@ def test_resume_refuses_a_different_autoencoder(autoencoder_workdir, latent_work
 
 def test_missing_autoencoder_workdir_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="latent.autoencoder_workdir"):
-        loop.build_run(latent_config(""))
+        build_run(latent_config(""))
     with pytest.raises(FileNotFoundError, match="not a ddpm_jax workdir"):
-        loop.build_run(latent_config(str(tmp_path)))
+        build_run(latent_config(str(tmp_path)))

@@ -12,7 +12,7 @@ from conftest import ROOT, tiny_config
 from ddpm_jax.data import load_digits
 from ddpm_jax.evaluation.statistics import feature_statistics
 from ddpm_jax.training import loop
-from ddpm_jax.training.quality import classifier_features_from_workdir, score_images
+from ddpm_jax.evaluation.quality import classifier_features_from_workdir, score_images
 
 
 def classifier_config(**overrides):

@@ -168,9 +168,10 @@ def saved_steps(ckpt_dir):
 def run_steps(cfg, state, num_steps, grad_accum_steps=1, loss_fn=None, batches=None):
     """``num_steps`` jitted train steps from ``state`` (shared between runs: params are float32 whatever
     model.dtype, and initializing compiles the model once more)."""
-    run = loop.build_run(cfg)
-    loss_fn = loss_fn or loop.make_loss(cfg, run)
-    step = jax.jit(make_train_step(loss_fn, run.tx, run.lr_schedule, cfg.optim.ema_decay, grad_accum_steps))
+    setup = loop.build_training(cfg)
+    run = setup.run
+    loss_fn = loss_fn or setup.loss_fn()
+    step = jax.jit(make_train_step(loss_fn, setup.tx, setup.lr_schedule, cfg.optim.ema_decay, grad_accum_steps))
     pipeline = make_pipeline(cfg, run.source)
     history = []
     for k in range(num_steps):
@@ -184,7 +185,7 @@ def test_bf16_compute_keeps_float32_state_and_tracks_float32_loss():
     steps from the same init stay within 1% of float32 (measured: max relative difference 1.6e-4)."""
     overrides = {"training.num_steps": 6, "optim.lr": 1e-3, "optim.warmup_steps": 0}
     fp32_cfg = tiny_config(**overrides)
-    init = jax.jit(loop.build_run(fp32_cfg).init_fn)(jax.random.key(0))
+    init = jax.jit(loop.build_training(fp32_cfg).init_fn)(jax.random.key(0))
     _, fp32, _ = run_steps(fp32_cfg, init, 6)
     cfg = tiny_config(**overrides, **{"model.dtype": "bfloat16"})
     bf16_state, bf16, run = run_steps(cfg, init, 6)
@@ -192,7 +193,7 @@ def test_bf16_compute_keeps_float32_state_and_tracks_float32_loss():
         assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(tree))
     assert bf16.dtype == np.float32
     batch = make_pipeline(cfg, run.source).batch(0)
-    jaxpr = jax.make_jaxpr(loop.make_loss(cfg, run))(bf16_state.params, batch, jax.random.key(0), 0)
+    jaxpr = jax.make_jaxpr(run.task.loss(run))(bf16_state.params, batch, jax.random.key(0), 0)
     convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
     assert convs and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in convs)
     rel = np.max(np.abs(bf16 - fp32) / fp32)
@@ -204,7 +205,8 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch():
     """4 micro-batches of 4 vs one batch of 16 (L_simple with t and noise fixed per example, so both see the same
     per-example losses): losses and parameters after 3 AdamW steps agree (measured max |param diff| ~1e-8)."""
     cfg = tiny_config(**{"model.dropout": 0.0, "training.cond_drop_prob": 0.0})
-    run = loop.build_run(cfg)
+    setup = loop.build_training(cfg)
+    run = setup.run
     rng = np.random.default_rng(0)
     pipeline = make_pipeline(cfg, run.source)
     batches = [dict(pipeline.batch(k), t=rng.integers(0, 1000, 16).astype(np.int32),
@@ -214,14 +216,14 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch():
     def loss_fn(params, batch, key, step):
         seen.append(batch["image"].shape[0])
 
-        def denoise(x_t, t, y):
-            return run.model.apply({"params": params}, x_t, t, y, train=True)
+        def denoise(x_t, t, cond):
+            return run.model.apply({"params": params}, x_t, t, cond, train=True)
 
-        per_example = diffusion.diffusion_loss(denoise, run.schedule, batch["image"], key, batch["label"],
+        per_example = diffusion.diffusion_loss(denoise, run.schedule, batch["image"], key, {"label": batch["label"]},
                                                t=batch["t"], noise=batch["noise"])
         return jnp.mean(per_example), {}
 
-    init = jax.jit(run.init_fn)(jax.random.key(0))
+    init = jax.jit(setup.init_fn)(jax.random.key(0))
     whole, whole_losses, _ = run_steps(cfg, init, 3, 1, loss_fn, batches)
     accum, accum_losses, _ = run_steps(cfg, init, 3, 4, loss_fn, batches)
     assert sorted(set(seen)) == [4, 16]  # the accumulated step really ran on micro-batches of 4

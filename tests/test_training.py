@@ -13,13 +13,13 @@ import pytest
 from conftest import ROOT, tiny_config
 from ddpm_jax.data import DatasetNotFoundError
 from ddpm_jax.training import loop
-from ddpm_jax.training.checkpoint import Checkpointer
+from ddpm_jax.pipelines.workdir import sample_workdir
+from ddpm_jax.workdir import Checkpointer
 
 
 def restore(config, workdir):
-    run = loop.build_run(config)
     ckpt = Checkpointer(workdir, async_save=False)
-    state, _ = loop.restore_or_init(run, ckpt)
+    state, _ = loop.restore_or_init(loop.build_training(config), ckpt)
     ckpt.close()
     return state
 
@@ -40,7 +40,7 @@ def test_train_writes_checkpoints_metrics_and_sample_reads_them(tmp_path):
     assert [r["step"] for r in records] == [2, 4] and all(np.isfinite(r["train/loss"]) for r in records)
     assert os.path.exists(os.path.join(wd, "samples", "step_0000004.png"))
     assert os.listdir(os.path.join(wd, "tensorboard"))
-    out = loop.sample(cfg, wd, num=6)
+    out = sample_workdir(wd, 6, cfg)
     images = np.load(out["npz"])["images"]
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
     assert os.path.getsize(out["png"]) > 0
@@ -119,5 +119,5 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
 
 
 def test_sample_without_checkpoint_says_train_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train first"):
-        loop.sample(tiny_config(), str(tmp_path), num=2)
+    with pytest.raises(FileNotFoundError, match="train there first"):
+        sample_workdir(str(tmp_path), 2, tiny_config())

@@ -19,21 +19,28 @@ def count_params(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def cond_of(y=None, **kwargs) -> dict:
+    """The denoiser's conditioning dict from the keyword names these tests use (y = class labels)."""
+    return {k: v for k, v in {"label": y, **kwargs}.items() if v is not None}
+
+
 def param_shapes(model: UNet, x_shape, **kwargs):
     """Parameter shapes via jax.eval_shape (no FLOPs)."""
-    init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros(x_shape[:1]), **kwargs)
+    init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros(x_shape[:1]), cond_of(**kwargs))
     return jax.eval_shape(init)
 
 
 def jit_apply(model: UNet):
-    """`model.apply` compiled as one program (much faster on CPU than op-by-op dispatch)."""
-    return jax.jit(model.apply, static_argnames="train")
+    """`model.apply` compiled as one program (much faster on CPU than op-by-op dispatch); conditioning by keyword."""
+    apply = jax.jit(model.apply, static_argnames="train")
+    return lambda params, x, t, y=None, train=False, rngs=None, **kwargs: apply(params, x, t, cond_of(y, **kwargs),
+                                                                                   train=train, rngs=rngs)
 
 
 def random_params(model: UNet, x, t, seed: int = 0, **kwargs):
     """Random params of the model's tree (kernels ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1^2), biases
     ~ N(0, 0.1^2)); unlike `init`, nothing is zero, and it avoids compiling the initializers."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, **kwargs))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, cond_of(**kwargs)))
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -82,7 +89,7 @@ def test_converted_diffusers_params_have_our_tree_and_shapes(golden):
     data, state_dict = golden
     model = golden_model(data)
     x = np.zeros(data["x"].transpose(0, 2, 3, 1).shape, np.float32)
-    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, data["t"], data["y"]))
+    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, data["t"], {"label": data["y"]}))
     converted = params_from_diffusers_state_dict(state_dict, model)
     shape_of = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
     assert shape_of(converted) == shape_of(expected)
@@ -176,7 +183,7 @@ def test_jit_grad_is_finite_and_nonzero_for_every_param():
     x, t = tiny_inputs()
     y = jnp.array([0, 3])
     params = random_params(model, x, t, y=y)
-    loss = lambda p: jnp.mean(model.apply(p, x, t, y, train=True, rngs={"dropout": jax.random.PRNGKey(1)}) ** 2)
+    loss = lambda p: jnp.mean(model.apply(p, x, t, {"label": y}, train=True, rngs={"dropout": jax.random.PRNGKey(1)}) ** 2)
     grads = jax.jit(jax.grad(loss))(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         g = np.asarray(g)
@@ -247,7 +254,7 @@ def test_cross_attention_is_absent_by_default():
 ])
 def test_inputs_that_do_not_fit_the_config_raise(kwargs, call_kwargs, message):
     with pytest.raises(ValueError, match=message):
-        UNet(**kwargs).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros(1), **call_kwargs)
+        UNet(**kwargs).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros(1), cond_of(**call_kwargs))
 
 
 def test_spatial_size_not_divisible_by_downsampling_raises():

@@ -27,8 +27,14 @@ def sampler_kwargs(sampling_config) -> dict:
             raise ValueError(f"sampling.num_steps must be >= 0 (0: the sampler's default), got "
                              f"{sampling_config.num_steps}")
         kwargs["num_steps"] = int(sampling_config.num_steps)
+    if sampling_config.spacing:
+        kwargs["spacing"] = sampling_config.spacing
     if name == "ddim":
         kwargs["eta"] = sampling_config.eta
+        if sampling_config.final_alpha_cumprod is not None:
+            kwargs["final_alpha_cumprod"] = sampling_config.final_alpha_cumprod
+    elif sampling_config.final_alpha_cumprod is not None:
+        raise ValueError(f"sampling.final_alpha_cumprod applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
         kwargs["variance"] = sampling_config.variance
     threshold = sampling_config.dynamic_threshold  # when set, it replaces the static clip (Imagen)

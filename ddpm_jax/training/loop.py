@@ -3,6 +3,7 @@ sample-quality evaluation), exact resume. The workdir layer owns the run directo
 the recorded one before anything is written, one trainer holds the lock, and only unreadable checkpoints are moved."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, List, Optional
@@ -38,6 +39,30 @@ def validate_training(config) -> None:
                          f"{t.grad_accum_steps} micro-batches that divide evenly over {jax.device_count()} devices")
 
 
+@dataclasses.dataclass
+class TrainSetup:
+    """A run plus what training adds to it: optimizer, learning-rate schedule, mesh and the state initialiser."""
+
+    run: Run
+    tx: Any
+    lr_schedule: Any
+    mesh: Any
+    init_fn: Any  # key -> TrainState
+
+    def loss_fn(self):
+        return self.run.task.loss(self.run)
+
+
+def build_training(config) -> TrainSetup:
+    """Validate ``config`` and build its run, optimizer and mesh (what :func:`train` uses; also for tests and
+    benchmarks that drive steps themselves)."""
+    validate_training(config)
+    run = build_run(config)
+    tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    return TrainSetup(run, tx, lr_schedule, mesh, make_init_fn(run, tx))
+
+
 def make_init_fn(run: Run, tx):
     def init_fn(key):
         k_params, k_run = jax.random.split(key)
@@ -46,12 +71,12 @@ def make_init_fn(run: Run, tx):
     return init_fn
 
 
-def restore_or_init(run: Run, tx, mesh, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
+def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer) -> tuple[TrainState, Any]:
     """The newest readable checkpoint, or a fresh state from ``config.seed``; both laid out by the partition rules."""
-    key = jax.random.key(run.config.seed)
-    init_fn = make_init_fn(run, tx)
+    key = jax.random.key(setup.run.config.seed)
+    init_fn = setup.init_fn
     abstract = jax.eval_shape(init_fn, key)
-    shardings = sharding.state_shardings(mesh, abstract, run.config.mesh.fsdp_min_size)
+    shardings = sharding.state_shardings(setup.mesh, abstract, setup.run.config.mesh.fsdp_min_size)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     restored = checkpointer.restore_latest(target)
     if restored is not None:
@@ -143,17 +168,14 @@ def train(config, workdir: str) -> TrainState:
 
 
 def _train(config, wd: Workdir, main_process: bool) -> TrainState:
-    validate_training(config)
-    run = build_run(config)
-    t = config.training
-    tx, lr_schedule = make_optimizer(config.optim, t.num_steps)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    setup = build_training(config)
+    run, mesh, t = setup.run, setup.mesh, config.training
     if main_process:
         run.task.check_or_write_records(run, wd.path)
     checkpointer = wd.checkpointer(t.keep_checkpoints, t.async_checkpointing)
     writer = MetricWriter(wd.path, enabled=main_process)
     try:
-        state, state_shardings = restore_or_init(run, tx, mesh, checkpointer)
+        state, state_shardings = restore_or_init(setup, checkpointer)
         start = int(jax.device_get(state.step))
         if main_process and start == 0:
             overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
@@ -168,19 +190,19 @@ def _train(config, wd: Workdir, main_process: bool) -> TrainState:
                 log.info("the final samples/evaluation of step %d are missing: writing them", t.num_steps)
                 finish(run, state, wd, writer, main_process)
             return state
-        state = _loop(run, state, state_shardings, mesh, tx, lr_schedule, checkpointer, writer, wd, main_process,
-                      start)
+        state = _loop(setup, state, state_shardings, checkpointer, writer, wd, main_process, start)
     finally:
         writer.close()
         checkpointer.close()
     return state
 
 
-def _loop(run, state, state_shardings, mesh, tx, lr_schedule, checkpointer, writer, wd, main_process, start):
+def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, main_process, start):
+    run, mesh = setup.run, setup.mesh
     config, t = run.config, run.config.training
     pipeline = run.task.pipeline(run, wd.path, main_process)
-    loss_fn = run.task.loss(run)
-    step_fn = jax.jit(make_train_step(loss_fn, tx, lr_schedule, config.optim.ema_decay, t.grad_accum_steps),
+    step_fn = jax.jit(make_train_step(setup.loss_fn(), setup.tx, setup.lr_schedule, config.optim.ema_decay,
+                                      t.grad_accum_steps),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     quality = SampleQuality.from_config(config, run) if run.task.generative and config.eval.every else None

@@ -65,7 +65,7 @@ class Workdir:
         differs from the record only in safe keys (e.g. sampling settings). Nothing is written."""
         recorded = self.recorded_config()
         if recorded is None:
-            raise FileNotFoundError(f"{self.file(CONFIG_FILE)} not found: {self.path} is not a ddpm_jax run "
+            raise FileNotFoundError(f"{self.file(CONFIG_FILE)} not found: {self.path} is not a ddpm_jax workdir "
                                     f"(train there first)")
         if given is None:
             return recorded
