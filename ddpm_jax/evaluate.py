@@ -24,6 +24,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ddpm_jax.cli import check_config_argv
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "samples", ["stats", "distance", "samples"], "What to compute.")
 flags.DEFINE_enum("features", "classifier", ["inception", "classifier"], "Feature space.")
@@ -244,4 +246,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    check_config_argv()
     app.run(main)

@@ -14,6 +14,8 @@ latest checkpoint, read-only: with the recorded config, or ``--config`` if it di
 from absl import app, flags
 from ml_collections import config_flags
 
+from ddpm_jax.cli import check_config_argv
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (sample mode: optional, default "
                                 "the workdir's recorded config).", lock_config=True)
@@ -53,6 +55,7 @@ def main(argv):
 
 
 def run():
+    check_config_argv()
     app.run(main)
 
 

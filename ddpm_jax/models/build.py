@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from ddpm_jax.models.autoencoder import AutoencoderKL
 from ddpm_jax.models.classifier import Classifier
+from ddpm_jax.models.discriminator import PatchDiscriminator
 from ddpm_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -68,7 +69,6 @@ def autoencoder_from_config(model_config, channels: int) -> AutoencoderKL:
 
 def discriminator_from_config(autoencoder_config) -> "PatchDiscriminator | None":
     """The autoencoder's patch discriminator when ``autoencoder.disc_weight > 0``, else None (no adversarial loss)."""
-    from ddpm_jax.models.discriminator import PatchDiscriminator
 
     weight = autoencoder_config.get("disc_weight", 0.0)
     if weight < 0:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.models.text_encoder import check_model_folder, quiet_transformers
+
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clips the scale exp(t) at 100
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -175,9 +177,7 @@ class PretrainedCLIP:
     def __init__(self, path: str):
         import json
 
-        import transformers
-
-        from ddpm_jax.models.text_encoder import quiet_transformers, check_model_folder
+        import transformers  # heavy, and only for a pretrained CLIP
 
         path = os.path.abspath(os.fspath(path))
         check_model_folder(path, what="CLIP")

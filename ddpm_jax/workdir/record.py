@@ -16,6 +16,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 
+from ddpm_jax.default_config import base_config
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 # Prefixes of dotted keys a later command may change (everything else must equal the record).
@@ -52,8 +54,6 @@ def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def _defaults() -> Dict[str, Any]:
-    from ddpm_jax.default_config import base_config
-
     return flatten(_plain(base_config()))
 
 
@@ -117,8 +117,6 @@ def load_recorded(workdir: str) -> Optional[ml_collections.ConfigDict]:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a ddpm_jax config record ({type(e).__name__}: {str(e)[:100]}); restore it "
                          f"from a backup or use a new --workdir") from None
-    from ddpm_jax.default_config import base_config
-
     return ml_collections.ConfigDict(_to_config(tree, base_config().to_dict()))
 
 
