@@ -25,10 +25,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ddpm_jax.cli import check_config_argv
+from ddpm_jax.models.inception import weights_sha256
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "samples", ["stats", "distance", "samples"], "What to compute.")
-flags.DEFINE_enum("features", "classifier", ["inception", "classifier"], "Feature space.")
+flags.DEFINE_enum("features", None, ["inception", "classifier"], "Feature space (default: inception when "
+                  "--inception_weights is given, else classifier).")
 flags.DEFINE_string("inception_weights", None, "Converted FID Inception weights (.npz; see convert_inception).")
 flags.DEFINE_enum("resize_mode", "pytorch", ["pytorch", "tf1"], "Bilinear resize to 299 for Inception.")
 flags.DEFINE_string("classifier_workdir", None, "Workdir of a classifier trained with configs/classifier_*.py.")
@@ -75,9 +77,20 @@ def load_images(path: str) -> np.ndarray:
     return images
 
 
+def feature_space() -> str:
+    """--features, or the space its weights flag implies; weights of the other space are an error, not ignored."""
+    space = FLAGS.features or ("inception" if FLAGS.inception_weights else "classifier")
+    if space == "classifier" and FLAGS.inception_weights:
+        raise app.UsageError("--features=classifier was given with --inception_weights: drop one (Inception weights "
+                             "imply --features=inception)")
+    if space == "inception" and FLAGS.classifier_workdir:
+        raise app.UsageError("--features=inception was given with --classifier_workdir: drop one")
+    return space
+
+
 def make_extractor():
     """(callable images -> (features, logits), manifest dict) for the chosen feature space."""
-    if FLAGS.features == "classifier":
+    if feature_space() == "classifier":
         from ddpm_jax.evaluation.quality import classifier_features_from_workdir
 
         if not FLAGS.classifier_workdir:
@@ -91,9 +104,7 @@ def make_extractor():
     if not FLAGS.inception_weights:
         raise app.UsageError("--features=inception needs --inception_weights=PATH (see README: FID)")
     extractor = InceptionFeatures(load_inception_params(FLAGS.inception_weights), FLAGS.resize_mode, FLAGS.batch_size)
-    from ddpm_jax.models.inception import sha256_of
-
-    digest = sha256_of(FLAGS.inception_weights)
+    digest = weights_sha256(FLAGS.inception_weights)
     return extractor, {"feature_space": "inception_pool3", "weights_sha256": digest, "resize_mode": FLAGS.resize_mode}
 
 
@@ -107,11 +118,11 @@ def extract(extractor, images: np.ndarray):
     from ddpm_jax.evaluation.fid import check_sample_count
 
     t = time.perf_counter()
-    feats, logits = extractor(images, progress=True) if FLAGS.features == "inception" else extractor(images)
+    feats, logits = extractor(images, progress=True) if feature_space() == "inception" else extractor(images)
     log.info("features of %d images in %.1f s", len(images), time.perf_counter() - t)
     check_sample_count(len(feats), feats.shape[1])
     logits = np.asarray(logits, np.float64)
-    if FLAGS.features == "inception":
+    if feature_space() == "inception":
         logits = unbiased_logits(extractor, logits)  # what the Inception Score uses
     return np.asarray(feats, np.float64), logits
 
@@ -160,7 +171,7 @@ def mode_stats():
     if FLAGS.save_features:
         np.save(features_path(FLAGS.out), feats.astype(np.float32))
         report["features"] = features_path(FLAGS.out)
-    if FLAGS.features == "inception":
+    if feature_space() == "inception":
         from ddpm_jax.evaluation.inception_score import inception_score
 
         report["inception_score"], report["inception_score_std"] = inception_score(logits, min(10, len(feats)))
@@ -205,7 +216,7 @@ def mode_samples():
     trained = load_trained(FLAGS.workdir, FLAGS.config)  # read-only: the recorded config (+ safe overrides)
     config = trained.config
     extractor, manifest = make_extractor()
-    source = load_source(config.data.name, config.data.split, config.data.get("data_dir") or None)
+    source = load_source(config.data.name, config.data.split, config.data.data_dir or None)
     ref = resize_nearest(source.images[:FLAGS.num_reference or None], config.data.image_size)
     out = sample_workdir(FLAGS.workdir, FLAGS.num_samples, config, out_name=f"eval_{FLAGS.num_samples}",
                          seed=FLAGS.seed, trained=trained)
@@ -219,18 +230,28 @@ def mode_samples():
     result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
     if FLAGS.baseline_split:
-        held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.get("data_dir") or None)
+        # The floor a perfect model reaches: held-out real images scored like the samples. Fréchet distance and KID
+        # are biased by the sample count, so when the split has fewer images than there are samples, the samples are
+        # also scored on the same count (samples_at_N_*): compare those two, not counts that differ.
+        held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.data_dir or None)
         real = resize_nearest(held_out.images[:FLAGS.num_samples], config.data.image_size)
         real_feats, real_logits = extract(extractor, real)
         floor = metrics_for(real_feats, real_logits, ref_feats, ref_stats, manifest["feature_space"],
                             held_out.labels[:FLAGS.num_samples] if conditional else None)
         result.update({f"real_{FLAGS.baseline_split}_{k}": v for k, v in floor.items()})
         result[f"real_{FLAGS.baseline_split}_count"] = len(real)
+        if len(real) < len(images):
+            n = len(real)
+            log.info("the %s split has %d images, fewer than the %d samples: also scoring the first %d samples "
+                     "(samples_at_%d_*) to compare at equal counts", FLAGS.baseline_split, n, len(images), n, n)
+            same = metrics_for(feats[:n], logits[:n], ref_feats, ref_stats, manifest["feature_space"],
+                               labels[:n] if conditional else None)
+            result.update({f"samples_at_{n}_{k}": v for k, v in same.items()})
     result.update({"num_samples": len(images), "reference": f"{config.data.name}/{config.data.split} "
                    f"({len(ref)} images)", "sampler": config.sampling.sampler,
                    "num_steps": config.sampling.get("num_steps"), "guidance_scale": config.sampling.get("guidance_scale"),
                    **manifest})
-    path = os.path.join(FLAGS.workdir, f"eval_{FLAGS.features}_{FLAGS.num_samples}.json")
+    path = os.path.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result))

@@ -2,7 +2,6 @@
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ def autoencoder_config(**overrides):
                        "optim.ema_decay": 0.5, **overrides})
     c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.model.num_groups = 16, (1, 2), 1, 4
     c.model.z_channels, c.model.embed_dim, c.model.attn_levels = 2, 2, ()
-    c.autoencoder = ml_collections.ConfigDict({"reconstruction": "l1", "kl_weight": 1e-6})
+    c.autoencoder.reconstruction, c.autoencoder.kl_weight = "l1", 1e-6
     return c
 
 

@@ -233,6 +233,19 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+SOURCE_KEY = "__source_sha256__"  # the converted .npz records the sha256 of the .pth it came from
+
+
+def weights_sha256(path: str) -> str:
+    """The one hash of FID Inception weights: the sha256 of pytorch-fid's .pth, also for our .npz converted from it
+    (which records it), so stats files made from either file match; a .npz without the record hashes itself."""
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            if SOURCE_KEY in data.files:
+                return str(data[SOURCE_KEY])
+    return sha256_of(path)
+
+
 def load_inception_params(path: str) -> dict:
     """Variables for `InceptionV3FID` from our converted `.npz` (keys = pytorch-fid state-dict names) or directly
     from pytorch-fid's `.pth` when torch is importable."""
@@ -243,4 +256,4 @@ def load_inception_params(path: str) -> dict:
     if path.endswith((".pth", ".pt")):
         return params_from_torch_state_dict(read_torch_state_dict(path))
     with np.load(path) as data:
-        return params_from_torch_state_dict({k: data[k] for k in data.files})
+        return params_from_torch_state_dict({k: data[k] for k in data.files if k != SOURCE_KEY})
