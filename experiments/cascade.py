@@ -39,18 +39,20 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax.data import load_source, resize_nearest, to_uint8  # noqa: E402
 from ddpm_jax.diffusion import num_function_evaluations  # noqa: E402
-from ddpm_jax.pipelines.cascade import make_sr_sample_fn, super_resolve  # noqa: E402
-from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn  # noqa: E402
-from ddpm_jax.training import loop  # noqa: E402
-from ddpm_jax.training.logging import setup_logging  # noqa: E402
-from ddpm_jax.training.super_resolution import init_kwargs  # noqa: E402
+from ddpm_jax.pipelines.images import make_grid  # noqa: E402
+from ddpm_jax.tasks.sampling import default_labels  # noqa: E402
+from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
 from experiments.scoring import Scorer, load_run, machine_description, require_workdir, sampling_config  # noqa: E402
 
 log = logging.getLogger("ddpm_jax")
@@ -74,9 +76,8 @@ COMMANDS = {
 def forward_flops(run, params) -> float:
     """FLOPs of one U-Net forward pass on one example (XLA cost analysis of the compiled call)."""
     model, shape = run.model, (1,) + tuple(run.image_shape)
-    sr = init_kwargs(model, 1, run.config.sr.low_res_size if run.config.get("task") == "super_resolution" else None)
-    y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, jnp.zeros((1,)), y, **sr))
+    cond = run.task.example_cond(run, 1)  # what the task conditions on: a label, an SR stage's low-res image
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, jnp.zeros((1,)), cond))
     cost = fn.lower(params, jnp.zeros(shape)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan")))
@@ -92,11 +93,16 @@ def costs(run, params, step: int, nfe: int) -> dict:
             "batch_size": int(run.config.training.batch_size), "ema_decay": float(run.config.optim.ema_decay)}
 
 
-def timed(fn, warm_up, *args):
-    """(result, seconds) of ``fn(*args)``, timed after ``warm_up()`` compiled it (one batch)."""
-    warm_up()
+def timed_generate(run, params, key: jax.Array, num: int, sampling, labels=None, low_res=None) -> tuple:
+    """(``num`` samples of ``run`` with ``sampling``, seconds): ``run.task.generate`` in batches of
+    ``sampling.batch_size``, timed after one batch compiled the sampler (batch b from fold_in(key, b))."""
+    fn = run.task.make_sample_fn(run, sampling)
+    generate = lambda n: run.task.generate(run, params, key, n, None if labels is None else labels[:n], None,
+                                           None if low_res is None else low_res[:n], sampling_config=sampling,
+                                           sample_fn=fn)[0]
+    generate(min(sampling.batch_size, num))
     t0 = time.perf_counter()
-    out = fn(*args)
+    out = generate(num)
     return out, time.perf_counter() - t0
 
 
@@ -106,12 +112,12 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     base_run, base_params, base_step = load_run(workdirs["base"])
     sr_run, sr_params, sr_step = load_run(workdirs["sr"])
     single_run, single_params, single_step = load_run(workdirs["single"])
-    if sr_run.config.get("task") != "super_resolution" or sr_run.config.sr.low_res_size != base_run.image_shape[0]:
+    if sr_run.config.task != "super_resolution" or sr_run.config.sr.low_res_size != base_run.image_shape[0]:
         raise ValueError(f"{workdirs['sr']} must be a super_resolution stage from {base_run.image_shape[0]}px")
     size = sr_run.config.data.image_size
     if single_run.image_shape[0] != size:
         raise ValueError(f"the single model makes {single_run.image_shape[0]}px images, the cascade {size}px")
-    data = (sr_run.config.data.name, sr_run.config.data.get("data_dir", ""))
+    data = (sr_run.config.data.name, sr_run.config.data.data_dir)
     classifier_workdir = classifier_workdir or os.path.join(os.path.dirname(workdirs["sr"].rstrip("/")) or ".",
                                                             f"classifier_{data[0]}")
     require_workdir(classifier_workdir, "classifier", f"python -m ddpm_jax.main --config=configs/classifier_"
@@ -119,16 +125,14 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     scorer = Scorer(classifier_workdir, data[0], data[1], size, p["num_reference"])
     n, bs, key = p["num_samples"], p["batch_size"], jax.random.key(p["seed"])
     labels = default_labels(n, single_run.model.num_classes)
-    pt = lambda run: run.config.diffusion.prediction_type
+    settings = lambda run, steps, **more: sampling_config(run, sampler=p["sampler"], num_steps=steps, batch_size=bs,
+                                                           **more)
 
     nfe = lambda steps: num_function_evaluations(p["sampler"], steps, 1000)
     singles = []  # the single model at each DDIM eta (the SR stage samples at eta 1: the same choice for both)
     for eta in p["single_etas"]:
-        single_fn = make_sample_fn(single_run.model, single_run.schedule,
-                                   sampling_config(single_run, sampler=p["sampler"], num_steps=p["single_steps"], eta=eta), pt(single_run))
-        x, single_s = timed(generate, lambda: generate(single_fn, single_params, key, bs, single_run.image_shape,
-                                                       bs, labels), single_fn, single_params, key, n,
-                            single_run.image_shape, bs, labels)
+        x, single_s = timed_generate(single_run, single_params, key, n,
+                                     settings(single_run, p["single_steps"], eta=eta), labels)
         row = {"label": f"single model {size}×{size}, DDIM η = {eta:g}", "eta": eta,
                "workdir": os.path.abspath(workdirs["single"]),
                **costs(single_run, single_params, single_step, nfe(p["single_steps"])),
@@ -137,21 +141,18 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
                  row["class_accuracy"])
         singles.append((row, x))
     best_single, x_single = min(singles, key=lambda r: r[0]["fcd"])
-    base_fn = make_sample_fn(base_run.model, base_run.schedule,
-                             sampling_config(base_run, sampler=p["sampler"], num_steps=p["base_steps"]), pt(base_run))
-    k_base = jax.random.fold_in(key, 1)
-    x_base, base_s = timed(generate, lambda: generate(base_fn, base_params, k_base, bs, base_run.image_shape, bs,
-                                                      labels), base_fn, base_params, k_base, n, base_run.image_shape,
-                           bs, labels)
+    x_base, base_s = timed_generate(base_run, base_params, jax.random.fold_in(key, 1), n,
+                                    settings(base_run, p["base_steps"]), labels)
     x_base = np.clip(x_base, -1.0, 1.0)
     models = {
         "single": best_single,
         "base": {"label": f"base {base_run.image_shape[0]}×{base_run.image_shape[0]}",
-                 "eta": float(base_run.config.sampling.get("eta", 0.0)),
+                 "eta": float(base_run.config.sampling.eta),
                  "workdir": os.path.abspath(workdirs["base"]),
                  **costs(base_run, base_params, base_step, nfe(p["base_steps"])), "seconds_per_image": base_s / n},
     }
     sr_cost = costs(sr_run, sr_params, sr_step, nfe(p["sr_steps"]))
+    sr_labels = labels if sr_run.model.num_classes else None  # a class-conditional SR stage gets the base's labels
     sweep, grids = [], {"single": to_uint8(x_single[:p["grid"]]), "base": to_uint8(x_base[:p["grid"]])}
     runs = [(level, p["sr_eta"]) for level in p["aug_levels"]]
     if p.get("eta0_level") is not None and p["sr_eta"] != 0.0:  # deterministic DDIM for comparison
@@ -159,12 +160,8 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
     log.info("sampled %d images with the base model in %.1f s; now the SR stage at %d settings", n, base_s,
              len(runs))
     for level, eta in runs:
-        fn = make_sr_sample_fn(sr_run.model, sr_run.schedule,
-                               sampling_config(sr_run, sampler=p["sampler"], num_steps=p["sr_steps"], eta=eta), pt(sr_run), aug_level=level)
-        k_sr = jax.random.fold_in(key, 2)
-        x, sr_s = timed(super_resolve, lambda: super_resolve(fn, sr_params, k_sr, x_base[:bs], sr_run.image_shape,
-                                                             labels[:bs], bs),
-                        fn, sr_params, k_sr, x_base, sr_run.image_shape, labels, bs)
+        x, sr_s = timed_generate(sr_run, sr_params, jax.random.fold_in(key, 2), n,
+                                 settings(sr_run, p["sr_steps"], eta=eta, sr_aug_level=level), sr_labels, x_base)
         scores = scorer(to_uint8(x), labels)
         log.info("cascade, SR aug level %.2f, eta %g: %s", level, eta,
                  " | ".join(f"{k} {v:.4g}" for k, v in scores.items()))
@@ -244,13 +241,6 @@ def write_table(study: dict, path: str) -> None:
 
 def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
     """Left: FCD against the SR augmentation level (single model and real floor as lines); right: sample rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ddpm_jax.pipelines.images import make_grid
-
     sweep, eta = _main_sweep(study), study["preset"]["sr_eta"]
     size = study["data"]["image_size"]
     rows = [("real test", real), (f"single (η={study['models']['single']['eta']:g})", grids["single"]),
@@ -323,6 +313,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ddpm_jax.training.logging import run_cli
-
     run_cli(main)

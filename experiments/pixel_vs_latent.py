@@ -18,26 +18,37 @@ and are resumed, not redone, when the command is repeated.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import ml_collections
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax.data import load_source, resize_nearest, to_model_range, to_uint8  # noqa: E402
 from ddpm_jax.default_config import base_config  # noqa: E402
-from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn  # noqa: E402
+from ddpm_jax.evaluation.features import InceptionFeatures  # noqa: E402
+from ddpm_jax.evaluation.fid import frechet_distance  # noqa: E402
+from ddpm_jax.evaluation.statistics import feature_statistics  # noqa: E402
+from ddpm_jax.models.inception import load_inception_params  # noqa: E402
+from ddpm_jax.tasks import build_run, load_trained  # noqa: E402
 from ddpm_jax.training import loop  # noqa: E402
-from ddpm_jax.training.logging import setup_logging  # noqa: E402
+from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
+from ddpm_jax.training.optim import make_optimizer  # noqa: E402
 from ddpm_jax.training.steps import make_train_step  # noqa: E402
 
 log = logging.getLogger("ddpm_jax")
@@ -112,17 +123,19 @@ def abstract_batch(run, batch_size: int) -> dict:
 
 def train_step_flops(config, run) -> tuple[float, int]:
     """(FLOPs of one optimizer step, number of trainable parameters) of ``config``'s model (``run`` built from it)."""
-    state = jax.eval_shape(run.init_fn, jax.random.key(0))
-    step = make_train_step(loop.make_loss(config, run), run.tx, run.lr_schedule, config.optim.ema_decay)
+    tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+    state = jax.eval_shape(loop.make_init_fn(run, tx), jax.random.key(0))
+    step = make_train_step(run.task.loss(run), tx, lr_schedule, config.optim.ema_decay)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     return compiled_flops(step, state, abstract_batch(run, config.training.batch_size)), n_params
 
 
-def autoencoder_costs(ae_cfg, ae_run, workdir: str) -> dict:
+def autoencoder_costs(ae_cfg, workdir: str) -> dict:
     """Parameters, training FLOPs, one-off dataset-encoding FLOPs, per-image decode FLOPs and held-out PSNR."""
-    flops_step, n_params = train_step_flops(ae_cfg, ae_run)
-    num_train_images = len(ae_run.source)
-    _, model, params = loop.load_trained(workdir)
+    trained = load_trained(workdir, ae_cfg)
+    flops_step, n_params = train_step_flops(ae_cfg, trained.run)
+    num_train_images = len(trained.run.source)
+    model, params = trained.run.model, trained.params
     size = ae_cfg.data.image_size
     x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
     f = model.downsample_factor
@@ -140,32 +153,21 @@ def read_metrics(workdir: str) -> list:
     return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
-def sampling_rate(config, run, workdir: str, num: int = 128) -> float:
-    """Images/s of the eval sampler (``config.sampling``) incl. decoding, after a first call that compiles."""
-    params = loop.restore_trained(run, workdir).ema_params
-    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
-    labels = default_labels(num, run.model.num_classes)
-    once = lambda: to_uint8(run.to_pixels(generate(sample_fn, params, jax.random.key(1), num, run.image_shape,
-                                                    num, labels)))
+def sampling_rate(run, params, num: int = 128) -> float:
+    """Images/s of the eval sampler (``run.config.sampling``) incl. decoding, after a first call that compiles."""
+    once = lambda: to_uint8(run.to_pixels(run.task.generate(run, params, jax.random.key(1), num)[0]))
     once()
     t0 = time.perf_counter()
     once()
     return num / (time.perf_counter() - t0)
 
 
-def inception_fid(config, run, workdir: str, weights: str, num: int) -> float:
+def inception_fid(run, params, weights: str, num: int) -> float:
     """FID of ``num`` EMA samples against the test split through the FID Inception network (weights from a path)."""
-    from ddpm_jax.evaluation.features import InceptionFeatures
-    from ddpm_jax.evaluation.fid import frechet_distance
-    from ddpm_jax.evaluation.statistics import feature_statistics
-    from ddpm_jax.models.inception import load_inception_params
-
-    params = loop.restore_trained(run, workdir).ema_params
-    sample_fn = make_sample_fn(run.model, run.schedule, config.sampling, config.diffusion.prediction_type)
-    x = generate(sample_fn, params, jax.random.key(config.seed + 2), num, run.image_shape, 250,
-                 default_labels(num, run.model.num_classes))
+    config = run.config
+    x, _, _ = run.task.generate(run, params, jax.random.key(config.seed + 2), num)
     extractor = InceptionFeatures(load_inception_params(weights))
-    test = load_source(config.data.name, "test", config.data.get("data_dir") or None)
+    test = load_source(config.data.name, "test", config.data.data_dir or None)
     real = to_uint8(to_model_range(resize_nearest(test.images[:num], config.data.image_size)))
     gray_to_rgb = lambda im: np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
     fake_stats = feature_statistics(extractor(gray_to_rgb(to_uint8(run.to_pixels(x))))[0])
@@ -173,18 +175,18 @@ def inception_fid(config, run, workdir: str, weights: str, num: int) -> float:
     return float(frechet_distance(*fake_stats, *real_stats))
 
 
-def train_to_end(config, workdir: str) -> None:
-    """Train (or resume) a run; stop the study if the trainer stopped early (SIGTERM: it saved, rerun to resume)."""
+def train_to_end(config, workdir: str):
+    """Train (or resume) a run and return its final state; stop the study if the trainer stopped early (SIGTERM: it
+    saved, rerun to resume)."""
     state = loop.train(config, workdir)
     if int(jax.device_get(state.step)) < config.training.num_steps:
         raise SystemExit(f"training in {workdir} stopped at step {int(state.step)}; run the same command to resume")
+    return state
 
 
 def ensure_classifier(p: dict, workdir: str, given: str) -> str:
     if given:
         return given
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("classifier_config", os.path.join(ROOT, p["classifier_config"]))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -214,9 +216,9 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
             t0 = time.perf_counter()
             train_to_end(ae_cfg, ae_workdir)
             log.info("autoencoder f=%d ready in %.0f s", f, time.perf_counter() - t0)
-            ae = autoencoder_costs(ae_cfg, loop.build_run(ae_cfg), ae_workdir)
+            ae = autoencoder_costs(ae_cfg, ae_workdir)
         cfg = denoiser_config(p, f, ae_workdir, classifier_workdir)
-        run = loop.build_run(cfg)  # built once per factor (for latents this encodes the scale-factor images)
+        run = build_run(cfg)  # built once per factor (for latents this encodes the scale-factor images)
         flops_step, n_params = train_step_flops(cfg, run)
         steps = max(p["num_evals"], int(round(budget / flops_step)))
         every = max(1, steps // p["num_evals"])
@@ -231,7 +233,7 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
         log.info("f=%d: %s parameters, %.3g GFLOP/step -> %d steps of batch %d (eval every %d)", f, f"{n_params:,}",
                  flops_step / 1e9, steps, cfg.training.batch_size, every)
         t0 = time.perf_counter()
-        train_to_end(cfg, run_dir)
+        params = run.task.eval_params(train_to_end(cfg, run_dir).ema_params)  # the final (checkpointed) EMA
         wall = time.perf_counter() - t0
         records = read_metrics(run_dir)
         rates = [r["train/images_per_sec"] for r in records if "train/images_per_sec" in r]
@@ -243,17 +245,15 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
         entry = {"f": f, "latent_shape": list(run.image_shape), "denoiser_params": n_params,
                  "gflop_per_step": flops_step / 1e9, "steps": steps, "batch_size": cfg.training.batch_size,
                  "train_images_per_sec": float(np.median(rates)) if rates else float("nan"),
-                 "train_wall_s": wall, "sample_images_per_sec": sampling_rate(cfg, run, run_dir),
+                 "train_wall_s": wall, "sample_images_per_sec": sampling_rate(run, params),
                  "autoencoder": ae, "evals": evals}
         if inception_weights:
-            entry["fid"] = inception_fid(cfg, run, run_dir, inception_weights, p["eval_samples"])
+            entry["fid"] = inception_fid(run, params, inception_weights, p["eval_samples"])
         results.append(entry)
     return {"preset": p, "machine": machine_description(), "results": results}
 
 
 def machine_description() -> str:
-    import platform
-
     dev = jax.devices()[0]
     return f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
 
@@ -299,11 +299,6 @@ def write_table(study: dict, path: str) -> None:
 
 
 def write_plot(study: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in study["results"]:
         x = [e["total_tflop"] for e in r["evals"]]
@@ -349,6 +344,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ddpm_jax.training.logging import run_cli
-
     run_cli(main)

@@ -39,14 +39,18 @@ import os
 import sys
 
 import jax
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax.data import to_uint8  # noqa: E402
 from ddpm_jax.diffusion import num_function_evaluations  # noqa: E402
-from ddpm_jax.training.logging import setup_logging  # noqa: E402
+from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
 from experiments.scoring import (Scorer, load_run, machine_description, require_workdir, sampling_config,  # noqa: E402
                                  timed_diffusion_samples)
 
@@ -216,11 +220,6 @@ def write_table(study: dict, path: str) -> None:
 
 
 def write_plot(study: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = [(k, t, s) for k, t, s, _, _ in METRICS if k in ("fcd", "kid_classifier", "fid")
                and any(k in c for c in study["cells"])] or [("fcd", "FCD", 1.0)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
@@ -280,6 +279,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ddpm_jax.training.logging import run_cli
-
     run_cli(main)

@@ -2,7 +2,7 @@
 settings, and score images against the training data in one fixed feature space.
 
 Scores: Frechet classifier distance (FCD) and KID in the penultimate layer of a classifier trained on the same data
-(``ddpm_jax.training.quality.score_images``), the classifier's accuracy on the requested class for conditional
+(``ddpm_jax.evaluation.quality.score_images``), the classifier's accuracy on the requested class for conditional
 samples, and FID through the FID Inception network when its weights are given. Used by sampler_steps.py and
 vae_vs_diffusion.py.
 """
@@ -20,10 +20,12 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax.data import load_source, resize_nearest
+from ddpm_jax.evaluation.features import InceptionFeatures
+from ddpm_jax.evaluation.fid import frechet_distance
+from ddpm_jax.evaluation.quality import classifier_features_from_workdir, score_images
 from ddpm_jax.evaluation.statistics import feature_statistics
-from ddpm_jax.pipelines.pixel import default_labels, generate, make_sample_fn
-from ddpm_jax.training import loop
-from ddpm_jax.training.quality import classifier_features_from_workdir, score_images
+from ddpm_jax.models.inception import load_inception_params
+from ddpm_jax.tasks import load_trained
 
 
 def machine_description() -> str:
@@ -46,11 +48,10 @@ def require_workdir(workdir: str, what: str, train_command: str) -> None:
 
 
 def load_run(workdir: str, use_ema: bool = True):
-    """(Run, params, checkpoint step) of the newest checkpoint of ``workdir``, built from its config.json."""
-    config = loop.read_workdir_config(workdir)
-    run = loop.build_run(config)
-    state = loop.restore_trained(run, workdir)
-    return run, (state.ema_params if use_ema else state.params), int(jax.device_get(state.step))
+    """(Run, params, checkpoint step) of the newest checkpoint of ``workdir``, built from its recorded config
+    (read-only: nothing in the workdir is written)."""
+    trained = load_trained(workdir, use_ema=use_ema)
+    return trained.run, trained.params, trained.step
 
 
 def sampling_config(run, **overrides) -> ml_collections.ConfigDict:
@@ -67,17 +68,21 @@ def timed_diffusion_samples(run, params, sampling, num: int, seed: int, batch_si
     ``compile_s`` is that first compilation, ``sample_s`` the loop alone (latents stay undecoded)."""
     if run.text is not None:
         raise ValueError("text-to-image workdirs are compared by experiments/text_encoder_vs_unet.py")
-    sample_fn = make_sample_fn(run.model, run.schedule, sampling, run.config.diffusion.prediction_type)
-    labels = default_labels(num, run.model.num_classes)
-    shape = (batch_size,) + tuple(run.image_shape)
+    sampling = sampling.copy_and_resolve_references()
+    sampling.batch_size = batch_size
+    bs = min(batch_size, num)  # the batch run.task.generate samples in
+    cond, _, _ = run.task.sample_cond(run, bs)  # one batch of the conditioning generate() hands the sampler
     t0 = time.perf_counter()
-    compiled = sample_fn.lower(params, jnp.zeros(shape), jax.random.key(0), jnp.zeros((batch_size,), jnp.int32)
-                               ).compile()
+    compiled = run.task.make_sample_fn(run, sampling).lower(
+        params, jnp.zeros((bs,) + tuple(run.image_shape)), jax.random.key(0),
+        {k: jnp.asarray(v) for k, v in cond.items()}).compile()
     compile_s = time.perf_counter() - t0
-    # the eager key and noise ops in generate() compile on their first use: do that outside the timing too
-    generate(lambda p, x_T, k, y: x_T, params, jax.random.key(seed), batch_size, run.image_shape, batch_size)
+    # the eager key, noise and conditioning ops of generate() compile on their first use: do that outside the timing
+    run.task.generate(run, params, jax.random.key(seed), bs, sampling_config=sampling,
+                      sample_fn=lambda p, x_T, k, c: x_T)
     t0 = time.perf_counter()
-    x = generate(compiled, params, jax.random.key(seed), num, run.image_shape, batch_size, labels)
+    x, labels, _ = run.task.generate(run, params, jax.random.key(seed), num, sampling_config=sampling,
+                                     sample_fn=compiled)
     sample_s = time.perf_counter() - t0
     return {"x": x, "labels": labels, "conditional": bool(run.model.num_classes), "compile_s": compile_s,
             "sample_s": sample_s, "images_per_sec": num / sample_s}
@@ -101,9 +106,6 @@ class Scorer:
         self.ref_stats = feature_statistics(self.ref_features)
         self.inception = None
         if inception_weights:
-            from ddpm_jax.evaluation.features import InceptionFeatures
-            from ddpm_jax.models.inception import load_inception_params
-
             self.inception = InceptionFeatures(load_inception_params(inception_weights))
             real = resize_nearest(train.images[:fid_reference], image_size)
             self.inception_stats = feature_statistics(self.inception(real)[0])
@@ -120,8 +122,6 @@ class Scorer:
         """{fcd, kid_classifier, [class_accuracy], [fid]} of uint8 images [N, H, W, C]."""
         out = score_images(self.features, images, self.ref_stats, self.ref_features, labels)
         if self.inception is not None:
-            from ddpm_jax.evaluation.fid import frechet_distance
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # N < 2048: singular covariance, comparable at equal N
                 out["fid"] = float(frechet_distance(*feature_statistics(self.inception(images)[0]),

@@ -34,17 +34,28 @@ import sys
 import time
 
 import jax
+import matplotlib
 import ml_collections
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax.data import load_source, resize_nearest, to_model_range, to_uint8  # noqa: E402
+from ddpm_jax.evaluation.features import InceptionFeatures  # noqa: E402
+from ddpm_jax.evaluation.fid import frechet_distance  # noqa: E402
+from ddpm_jax.evaluation.quality import (classifier_features_from_workdir, clip_score_of,  # noqa: E402
+                                         load_domain_clip, score_images)
+from ddpm_jax.evaluation.statistics import feature_statistics  # noqa: E402
+from ddpm_jax.models.inception import load_inception_params  # noqa: E402
+from ddpm_jax.tasks import load_trained  # noqa: E402
+from ddpm_jax.tasks.text import prompts_for_grid  # noqa: E402
 from ddpm_jax.training import loop  # noqa: E402
 from ddpm_jax.training.logging import setup_logging  # noqa: E402
-from ddpm_jax.training.quality import classifier_features_from_workdir, score_images  # noqa: E402
-from ddpm_jax.training.text import clip_score_of, load_domain_clip, text_samples  # noqa: E402
 from experiments.scoring import machine_description  # noqa: E402
 
 log = logging.getLogger("ddpm_jax")
@@ -199,11 +210,6 @@ def model_list(p: dict, extra_encoder: str = "") -> list:
 
 
 def inception_fid_of(images: np.ndarray, real: np.ndarray, weights: str) -> float:
-    from ddpm_jax.evaluation.features import InceptionFeatures
-    from ddpm_jax.evaluation.fid import frechet_distance
-    from ddpm_jax.evaluation.statistics import feature_statistics
-    from ddpm_jax.models.inception import load_inception_params
-
     extractor = InceptionFeatures(load_inception_params(weights))
     rgb = lambda im: np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
     return float(frechet_distance(*feature_statistics(extractor(rgb(images))[0]),
@@ -213,12 +219,15 @@ def inception_fid_of(images: np.ndarray, real: np.ndarray, weights: str) -> floa
 def evaluate_model(config, workdir: str, guidance: list, num: int, features, ref_stats, ref_features, clip,
                    inception_weights: str = "", real: np.ndarray = None) -> list:
     """Scores of ``num`` EMA samples per guidance weight: FCD, KID, class accuracy, CLIP score (+ FID)."""
-    run = loop.build_run(config)  # (a latent run encodes the dataset here: built once per model)
-    params = loop.restore_trained(run, workdir).ema_params
+    trained = load_trained(workdir, config)  # (a latent run encodes the dataset here: built once per model)
+    run, params = trained.run, trained.params
+    prompts = prompts_for_grid(run.text.prompts, num)  # one class prompt per grid column
     rows = []
     for w in guidance:
         t0 = time.perf_counter()
-        images, labels, prompts = text_samples(run, params, jax.random.key(config.seed + SAMPLE_SEED_OFFSET), num, w)
+        x, labels, _ = run.task.generate(run, params, jax.random.key(config.seed + SAMPLE_SEED_OFFSET), num,
+                                         guidance_scale=w)
+        images = to_uint8(run.to_pixels(x))
         scores = score_images(features, images, ref_stats, ref_features, labels)
         scores.update(clip_score_of(clip, images, prompts))
         if inception_weights:
@@ -232,8 +241,6 @@ def evaluate_model(config, workdir: str, guidance: list, num: int, features, ref
 
 def run_study(p: dict, workdir: str, classifier_workdir: str = "", clip_workdir: str = "",
               inception_weights: str = "", extra_encoder: str = "", autoencoder_workdir: str = "") -> dict:
-    from ddpm_jax.evaluation.statistics import feature_statistics as stats
-
     guidance = [float(w) for w in str(p["guidance"]).split(",")]
     classifier_workdir = ensure_classifier(p, workdir, classifier_workdir)
     clip_workdir = ensure_clip(p, workdir, clip_workdir)
@@ -241,7 +248,7 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", clip_workdir:
     features = classifier_features_from_workdir(classifier_workdir)
     train = load_source(p["data"], "train", p["data_dir"] or None)
     ref_features, _ = features(to_uint8(to_model_range(resize_nearest(train.images, p["image_size"]))))
-    ref_stats = stats(ref_features)
+    ref_stats = feature_statistics(ref_features)
     clip = load_domain_clip(clip_workdir)
     real = None
     if inception_weights:
@@ -300,12 +307,6 @@ def write_table(study: dict, path: str) -> None:
 
 
 def write_plot(study: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     for ax, group, title in zip(axes, ("encoder", "unet"), ("text encoders (fixed U-Net)", "U-Net sizes (fixed encoder)")):
         for r in (r for r in study["results"] if r["group"] == group):

@@ -38,17 +38,21 @@ import sys
 import time
 
 import jax
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax.data import load_source, resize_nearest, to_uint8  # noqa: E402
 from ddpm_jax.diffusion import num_function_evaluations  # noqa: E402
-from ddpm_jax.training.logging import setup_logging  # noqa: E402
-from ddpm_jax.training import loop  # noqa: E402
-from ddpm_jax.training.loop import sample_vae_prior  # noqa: E402
-from ddpm_jax.training.steps import autoencoder_params  # noqa: E402
+from ddpm_jax.pipelines.images import make_grid  # noqa: E402
+from ddpm_jax.tasks.autoencoder import autoencoder_params, sample_vae_prior  # noqa: E402
+from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
+from ddpm_jax.workdir import Workdir  # noqa: E402
 from experiments.scoring import (Scorer, load_run, machine_description, require_workdir, sampling_config,  # noqa: E402
                                  timed_diffusion_samples)
 
@@ -129,7 +133,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict, inception_weights:
     for name, workdir in workdirs.items():  # check every workdir before loading any
         label, tasks, command = MODELS[name]
         require_workdir(workdir, label, command.format(workdir=workdir))
-        config = loop.read_workdir_config(workdir)
+        config = Workdir(workdir).config_for_reading()
         task = config.get("task", "diffusion")
         if task not in tasks:
             raise ValueError(f"--{name}_workdir={workdir} holds a {task} run, expected {' or '.join(tasks)}")
@@ -206,13 +210,6 @@ def write_table(study: dict, path: str) -> None:
 
 def write_grid(study: dict, grids: dict, real: np.ndarray, path: str, ncols: int = 10) -> None:
     """One row block per model (real test images first), each titled with its FCD."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ddpm_jax.pipelines.images import make_grid
-
     blocks = [("real test images", real)] + [
         (f"{r['label']} — FCD {r['fcd']:.3f}", grids[r["model"]]) for r in study["models"]]
     ncols = min(ncols, max(len(b) for _, b in blocks))
@@ -260,6 +257,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ddpm_jax.training.logging import run_cli
-
     run_cli(main)

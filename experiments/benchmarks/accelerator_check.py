@@ -9,21 +9,25 @@
 Writes DIR/accelerator_check.md, and the quickstart grid and metrics beside it.
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from ddpm_jax import diffusion  # noqa: E402
-from ddpm_jax.models.unet import UNet  # noqa: E402
-from ddpm_jax.training.state import create_train_state  # noqa: E402
-from ddpm_jax.training.steps import make_diffusion_loss, make_train_step  # noqa: E402
+from ddpm_jax.models.denoiser import denoiser_fn  # noqa: E402
+from ddpm_jax.training import loop  # noqa: E402
+from ddpm_jax.training.steps import make_train_step  # noqa: E402
+from train_step import ddpm_cifar10_run  # noqa: E402
 
 LINES = []
 
@@ -46,12 +50,10 @@ def timed(fn, *args, reps: int):
     return compile_s, (time.perf_counter() - t0) / reps, float((cost or {}).get("flops", 0.0))
 
 def train_step_bench(batch: int, reps: int, dtype):
-    model = UNet(dtype=dtype)
+    run = ddpm_cifar10_run(jnp.dtype(dtype).name)
     tx = optax.adamw(2e-4)
-    schedule = diffusion.make_schedule("linear", 1000)
-    state = jax.jit(lambda k: create_train_state(
-        model.init(k, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))["params"], tx, k))(jax.random.key(0))
-    step = jax.jit(make_train_step(make_diffusion_loss(model, schedule), tx, lambda s: 2e-4, 0.9999))
+    state = jax.jit(loop.make_init_fn(run, tx))(jax.random.key(0))
+    step = jax.jit(make_train_step(run.task.loss(run), tx, lambda s: 2e-4, 0.9999))
     data = {"image": jax.random.normal(jax.random.key(1), (batch, 32, 32, 3)), "label": jnp.zeros((batch,), jnp.int32)}
     compile_s, dt, flops = timed(step, state, data, reps=reps)
     report(f"| train step, {jnp.dtype(dtype).name} compute | {batch} | {compile_s:.1f} | {dt * 1e3:.1f} | "
@@ -59,27 +61,23 @@ def train_step_bench(batch: int, reps: int, dtype):
     return state.ema_params
 
 def sampling_bench(params, batch: int, sampler: str, steps: int):
-    model = UNet()
-    schedule = diffusion.make_schedule("linear", 1000)
+    run = ddpm_cifar10_run()
 
     @jax.jit
-    def run(params, x_T, key):
-        denoise = lambda x, t, c: model.apply({"params": params}, x, t)
-        return diffusion.sample(denoise, schedule, x_T, key, sampler=sampler, num_steps=steps)
+    def sample(params, x_T, key):
+        return diffusion.sample(denoiser_fn(run.model, params), run.schedule, x_T, key, sampler=sampler,
+                                num_steps=steps)
 
     x_T = jax.random.normal(jax.random.key(2), (batch, 32, 32, 3))
-    compile_s, dt, _ = timed(run, params, x_T, jax.random.key(3), reps=2)
+    compile_s, dt, _ = timed(sample, params, x_T, jax.random.key(3), reps=2)
     report(f"| sample {sampler}, {steps} steps (whole loop jitted) | {batch} | {compile_s:.1f} | {dt * 1e3:.0f} | "
            f"{batch / dt:.0f} | |")
 
 def quickstart(out: str, num_steps: int = 0):
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
-    import quickstart as qs
-
-    from ddpm_jax.training import loop
-
-    cfg = qs.get_config()
+    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(ROOT, "configs", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
     if num_steps:
         cfg.training.num_steps = num_steps
     cfg.training.sample_every = cfg.training.num_steps

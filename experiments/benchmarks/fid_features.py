@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import time
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -54,8 +55,6 @@ def bench_ours(images: np.ndarray, batch: int) -> dict:
 
 
 def bench_torch(images: np.ndarray, batch: int) -> dict:
-    from unittest import mock
-
     import pytorch_fid
     import pytorch_fid.inception as pfi
     import torch

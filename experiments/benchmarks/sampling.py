@@ -7,8 +7,8 @@
 For the config's U-Net (random weights: speed only; classifier-free guidance as the config sets it) and each sampler
 (DDPM ancestral, DDIM eta = 0 and 1, DPM-Solver++(2M)) at every batch size:
 
-- *compiled loop*: ``ddpm_jax.pipelines.pixel.make_sample_fn``, the whole sampler one jitted ``lax.scan``; its
-  compilation is timed on its own (``lower().compile()``), then images/s over ``--reps`` runs;
+- *compiled loop*: the task's ``make_sample_fn`` (``ddpm_jax.tasks.sampling``), the whole sampler one jitted
+  ``lax.scan``; its compilation is timed on its own (``lower().compile()``), then images/s over ``--reps`` runs;
 - *Python loop*: the same per-step computation (network, x0/eps conversion, the sampler's own step function, fetched
   from the sampler itself) jitted once as one step and called from a Python ``for`` loop, once per step.
 
@@ -34,8 +34,9 @@ import numpy as np  # noqa: E402
 
 from ddpm_jax import diffusion  # noqa: E402
 from ddpm_jax.diffusion import samplers  # noqa: E402
-from ddpm_jax.pipelines.pixel import make_sample_fn, sampler_kwargs  # noqa: E402
-from ddpm_jax.training import loop  # noqa: E402
+from ddpm_jax.models.denoiser import denoiser_fn  # noqa: E402
+from ddpm_jax.tasks import build_run  # noqa: E402
+from ddpm_jax.tasks.sampling import sampler_kwargs  # noqa: E402
 from experiments.scoring import machine_description  # noqa: E402
 
 SAMPLERS = {"DDPM ancestral": dict(sampler="ddpm"), "DDIM η = 0": dict(sampler="ddim", eta=0.0),
@@ -64,20 +65,20 @@ def sampler_plan(sampling, schedule, x_T) -> dict:
     return captured
 
 
-def make_python_loop(model, schedule, sampling, prediction_type: str):
-    """``fn(params, x_T, key, labels)``: the sampler as a Python loop over one jitted step (network + update)."""
+def make_python_loop(run, sampling):
+    """``fn(params, x_T, key, cond)``: the sampler as a Python loop over one jitted step (network + update)."""
+    schedule, prediction_type = run.schedule, run.config.diffusion.prediction_type
     x0_transform = sampler_kwargs(sampling)["x0_transform"]
-    scale = float(sampling.get("guidance_scale", 1.0))
+    scale = float(sampling.guidance_scale)
+    null = run.task.null_condition(run)
 
     @jax.jit
-    def one_step(params, x, t, s, key, carry, index, labels):
-        def denoise(x_t, t, y):
-            return model.apply({"params": params}, x_t, t, y, train=False)
-
-        if model.num_classes and scale != 1.0:
-            denoise = diffusion.classifier_free_guidance(denoise, scale, jnp.asarray(model.num_classes, jnp.int32))
+    def one_step(params, x, t, s, key, carry, index, cond):
+        denoise = denoiser_fn(run.model, params)
+        if scale != 1.0:
+            denoise = diffusion.classifier_free_guidance(denoise, scale, null)
         tb, sb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), s)
-        prediction = denoise(x, tb, labels if model.num_classes else None).astype(jnp.float32)
+        prediction = denoise(x, tb, cond).astype(jnp.float32)
         x0, eps = diffusion.prediction_to_x0_eps(schedule, x, tb, prediction, prediction_type)
         if x0_transform is not None:
             x0 = x0_transform(x0)
@@ -86,16 +87,16 @@ def make_python_loop(model, schedule, sampling, prediction_type: str):
 
     step_fn = [None]  # the sampler's step function: fixed per sampler, captured when the plan is made
 
-    def run(params, x_T, key, labels):
+    def python_loop(params, x_T, key, cond):
         plan = sampler_plan(sampling, schedule, x_T)
         step_fn[0] = plan["step"]
         targets = np.append(plan["timesteps"][1:], -1).astype(np.int32)
         x, carry = x_T, plan["init_carry"]
         for i, (t, s) in enumerate(zip(plan["timesteps"], targets)):
-            x, carry = one_step(params, x, jnp.int32(t), jnp.int32(s), key, carry, jnp.int32(i), labels)
+            x, carry = one_step(params, x, jnp.int32(t), jnp.int32(s), key, carry, jnp.int32(i), cond)
         return x
 
-    return run, one_step
+    return python_loop, one_step
 
 
 def time_runs(fn, args, reps: int) -> float:
@@ -109,9 +110,8 @@ def time_runs(fn, args, reps: int) -> float:
 
 
 def bench(config, steps: int, batches: list, reps: int) -> list:
-    run = loop.build_run(config)
-    model, schedule, prediction_type = run.model, run.schedule, config.diffusion.prediction_type
-    params = jax.jit(lambda k: run.init_fn(k).params)(jax.random.key(0))
+    run = build_run(config)
+    params = jax.jit(run.init_params)(jax.random.key(0))
     rows = []
     for label, overrides in SAMPLERS.items():
         sampling = config.sampling.copy_and_resolve_references()
@@ -120,14 +120,14 @@ def bench(config, steps: int, batches: list, reps: int) -> list:
             sampling[key] = value
         for batch in batches:
             x_T = jax.random.normal(jax.random.key(1), (batch,) + tuple(run.image_shape))
-            labels = jnp.asarray(np.arange(batch) % (model.num_classes or 1), jnp.int32)
-            args = (params, x_T, jax.random.key(2), labels)
+            cond, _, _ = run.task.sample_cond(run, batch)  # labels 0..K-1 in turn for a class-conditional model
+            args = (params, x_T, jax.random.key(2), {k: jnp.asarray(v) for k, v in cond.items()})
             t0 = time.perf_counter()
-            compiled = make_sample_fn(model, schedule, sampling, prediction_type).lower(*args).compile()
+            compiled = run.task.make_sample_fn(run, sampling).lower(*args).compile()
             compile_loop = time.perf_counter() - t0
             x_loop = jax.block_until_ready(compiled(*args))
             loop_s = time_runs(compiled, args, reps)
-            python_run, one_step = make_python_loop(model, schedule, sampling, prediction_type)
+            python_run, one_step = make_python_loop(run, sampling)
             t0 = time.perf_counter()
             x_python = jax.block_until_ready(python_run(*args))  # the first call compiles the one step
             first_python = time.perf_counter() - t0
@@ -167,9 +167,9 @@ def main(argv=None):
     intro = [f"# Sampling speed: compiled loop vs Python loop ({os.path.relpath(args.config, ROOT)})", "",
              f"Machine: {machine_description()}. U-Net ch {m.ch}, mults {tuple(m.ch_mult)}, {m.num_res_blocks} res "
              f"blocks, {config.data.image_size}×{config.data.image_size} input, random weights; guidance scale "
-             f"{config.sampling.get('guidance_scale', 1.0):g}"
-             + (" (doubles each call's batch)" if m.get("class_conditional") and
-                config.sampling.get("guidance_scale", 1.0) != 1.0 else "")
+             f"{config.sampling.guidance_scale:g}"
+             + (" (doubles each call's batch)" if m.class_conditional and config.sampling.guidance_scale != 1.0
+                else "")
              + f"; median of {args.reps} runs after compilation.", "", HEADER, "|" + "---|" * HEADER.count(" | ")
              + "---|"]
     print("\n".join(intro), flush=True)

@@ -10,21 +10,43 @@ re-executes itself once with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_/MALLO
 both frameworks then run under the same settings.
 """
 import argparse
+import importlib.util
 import os
 import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from ddpm_jax.data.sources import ArraySource  # noqa: E402
+from ddpm_jax.tasks import get_task  # noqa: E402
+from ddpm_jax.training import loop  # noqa: E402
+from ddpm_jax.training.steps import make_train_step  # noqa: E402
 from malloc_env import MALLOC_ENV, reexec_with_malloc_env  # noqa: E402
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
+def ddpm_cifar10_run(dtype: str = "float32"):
+    """The run of configs/ddpm_cifar10.py (the DDPM CIFAR-10 U-Net, 35.7M params, its diffusion process and loss)
+    with ``model.dtype`` = ``dtype``, built on a stand-in source of one blank 32x32 RGB image: the benchmarks feed
+    random data (speed only), so CIFAR-10 itself is not needed."""
+    spec = importlib.util.spec_from_file_location("ddpm_cifar10", os.path.join(ROOT, "configs", "ddpm_cifar10.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.dtype = dtype
+    task = get_task(config.task)
+    task.validate(config)
+    return task.build(config, source=ArraySource(np.zeros((1, 32, 32, 3), np.uint8), None, "blank 32x32"))
 
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -36,23 +58,10 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def bench_ours(batch: int, steps: int):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from ddpm_jax import diffusion
-    from ddpm_jax.models.unet import UNet
-    from ddpm_jax.training.state import create_train_state
-    from ddpm_jax.training.steps import make_diffusion_loss, make_train_step
-
-    model = UNet()  # the DDPM CIFAR-10 configuration
+    run = ddpm_cifar10_run()
     tx = optax.adamw(2e-4)
-    schedule = diffusion.make_schedule("linear", 1000)
-    init = jax.jit(lambda k: create_train_state(
-        model.init(k, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))["params"], tx, k))
-    state = init(jax.random.key(0))
-    step = jax.jit(make_train_step(make_diffusion_loss(model, schedule), tx, lambda s: 2e-4, 0.9999),
-                   donate_argnums=0)
+    state = jax.jit(loop.make_init_fn(run, tx))(jax.random.key(0))
+    step = jax.jit(make_train_step(run.task.loss(run), tx, lambda s: 2e-4, 0.9999), donate_argnums=0)
     batch_data = {"image": jax.random.normal(jax.random.key(1), (batch, 32, 32, 3)),
                   "label": jnp.zeros((batch,), jnp.int32)}
     t0 = time.perf_counter()
@@ -117,9 +126,6 @@ def main():
     p.add_argument("--no-reexec", action="store_true")
     args = p.parse_args()
     reexec_with_malloc_env(args.no_reexec)
-
-    import jax
-
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
     print(f"malloc env: {' '.join(f'{k}={os.environ.get(k)}' for k in MALLOC_ENV)}")
