@@ -57,3 +57,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# --- tiny text encoder (issue 16): tests that need *a* text encoder use this, not the hand-installed MiniLM wheel ---
+@pytest.fixture(scope="session")
+def tiny_encoder_path():
+    """Folder of a random 2-layer, width-32 BERT with a caption vocabulary (tests/tiny_text_encoder.py), built once per
+    session; pass it as ``config.text.encoder_path``."""
+    from tiny_text_encoder import tiny_text_encoder_path
+
+    return tiny_text_encoder_path()

@@ -251,13 +251,14 @@ def test_sample_mode_super_resolves_held_out_images(cascade_workdirs):
         assert z["images"].shape == (9, 8, 8, 1) and z["images"].dtype == np.uint8
 
 
-def test_cascade_from_a_text_to_image_base(cascade_workdirs, tmp_path):
-    """Prompt -> text-conditional 4x4 base (MiniLM's first layer) -> the 4 -> 8 SR stage."""
+def test_cascade_from_a_text_to_image_base(cascade_workdirs, tmp_path, tiny_encoder_path):
+    """Prompt -> text-conditional 4x4 base (the tiny test encoder's first layer) -> the 4 -> 8 SR stage."""
     from ddpm_jax.training import loop
     from ddpm_jax.training.super_resolution import cascade_from_workdirs
 
     base = str(tmp_path / "t2i")
     loop.train(tiny_config(**{"task": "text_diffusion", "model.class_conditional": False, "text.num_layers": 1,
+                              "text.encoder_path": tiny_encoder_path,
                               "data.image_size": 4, "model.ch_mult": (1,), "model.attn_resolutions": (),
                               "training.num_steps": 1, "training.log_every": 1, "training.checkpoint_every": 1,
                               "sampling.num_steps": 2, "sampling.batch_size": 4}), base)

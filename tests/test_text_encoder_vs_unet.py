@@ -48,8 +48,11 @@ def test_latent_preset_denoises_the_autoencoders_latents(tmp_path):
 
 
 @pytest.mark.slow
-def test_toy_study_writes_table_plot_and_json(tmp_path):
+def test_toy_study_writes_table_plot_and_json(tmp_path, tiny_encoder_path, monkeypatch):
+    from tiny_text_encoder import use_as_default_encoder
+
     driver = load_driver()
+    use_as_default_encoder(monkeypatch, tiny_encoder_path)  # "minilm1"/"random1" and the CLIP: the tiny encoder
     results = tmp_path / "results"
     study = driver.main(["--preset=toy", f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}"])
     assert sorted(os.listdir(results)) == ["text_encoder_vs_unet_toy.json", "text_encoder_vs_unet_toy.md",

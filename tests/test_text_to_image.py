@@ -14,13 +14,15 @@ from conftest import ROOT, tiny_config
 from ddpm_jax.models.unet import UNet
 from ddpm_jax.pipelines import text as t2i
 from ddpm_jax.training import loop
+from tiny_text_encoder import HIDDEN, tiny_text_encoder_path
 
 PROMPT = "a handwritten digit two"
 
 
 def text_config(**overrides):
-    """The tiny digits config as a text-to-image run: captions through MiniLM's first layer, 16 tokens."""
-    return tiny_config(**{"task": "text_diffusion", "model.class_conditional": False, "text.num_layers": 1,
+    """The tiny digits config as a text-to-image run: captions through the test encoder's first layer, 16 tokens."""
+    return tiny_config(**{"task": "text_diffusion", "model.class_conditional": False,
+                          "text.encoder_path": tiny_text_encoder_path(), "text.num_layers": 1,
                           "text.cond_drop_prob": 0.2, "training.num_steps": 2, "training.checkpoint_every": 2,
                           "sampling.num_steps": 3, **overrides})
 
@@ -59,7 +61,7 @@ def perturbed_params(params, key=jax.random.PRNGKey(7), scale=0.05):
 
 def test_text_run_trains_on_cached_caption_embeddings(t2i_workdir, t2i_run):
     record = json.load(open(os.path.join(t2i_workdir, "text_encoder.json")))
-    assert record["num_layers"] == 1 and record["dim"] == 384 and record["max_length"] == 16
+    assert record["num_layers"] == 1 and record["dim"] == HIDDEN and record["max_length"] == 16
     cache = os.listdir(os.path.join(t2i_workdir, "text_cache"))
     assert len(cache) == 1 and cache[0].startswith("text_embeddings_")
     with np.load(os.path.join(t2i_workdir, "text_cache", cache[0])) as f:
@@ -77,7 +79,7 @@ def test_text_batches_are_a_pure_function_of_the_step_and_match_the_captions(t2i
     assert set(b3) == {"image", "label", "context", "context_mask", "pooled"}
     for k in b3:
         np.testing.assert_array_equal(b3[k], b3_again[k])
-    assert b3["context"].shape == (16, 16, 384) and b3["pooled"].shape == (16, 384)
+    assert b3["context"].shape == (16, 16, HIDDEN) and b3["pooled"].shape == (16, HIDDEN)
     idx = pipeline.inner.indices(3)
     captions = [t2i_run.text.captions[i] for i in idx[:3]]
     direct = t2i_run.text.encode(captions)
@@ -215,8 +217,9 @@ def test_invalid_text_configs_fail_early():
 
 
 def clip_config(**overrides):
-    c = tiny_config(**{"task": "clip", "text.num_layers": 1, "training.num_steps": 6, "training.batch_size": 32,
-                       "training.log_every": 3, "training.checkpoint_every": 6, "optim.lr": 3e-3, **overrides})
+    c = tiny_config(**{"task": "clip", "text.encoder_path": tiny_text_encoder_path(), "text.num_layers": 1,
+                       "training.num_steps": 6, "training.batch_size": 32, "training.log_every": 3,
+                       "training.checkpoint_every": 6, "optim.lr": 3e-3, **overrides})
     c.clip.embed_dim, c.clip.image_channels, c.clip.text_hidden, c.clip.num_groups = 16, (8, 16), 32, 4
     return c
 
