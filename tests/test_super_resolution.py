@@ -5,7 +5,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -14,9 +13,14 @@ from ddpm_jax import diffusion as D
 from ddpm_jax.data import resize_nearest
 from ddpm_jax.models.build import unet_from_config
 from ddpm_jax.models.unet import UNet
-from ddpm_jax.pipelines.cascade import aug_timestep, make_sr_sample_fn, noise_augment
-from ddpm_jax.pipelines.pixel import sampler_kwargs
-from ddpm_jax.training.super_resolution import SRPipeline, downsample, init_kwargs, make_sr_loss
+from ddpm_jax.pipelines.cascade import cascade_from_workdirs, load_stage, write_cascade
+from ddpm_jax.pipelines.workdir import sample_workdir
+from ddpm_jax.tasks import get_task
+from ddpm_jax.tasks.base import Run
+from ddpm_jax.tasks.sampling import sampler_kwargs
+from ddpm_jax.tasks.super_resolution import (SRPipeline, aug_timestep, downsample, noise_augment,
+                                             random_aug_timesteps)
+from ddpm_jax.training import loop
 
 SCHED = D.make_schedule("linear", 1000)
 SR_UNET = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=8, low_res_channels=1)
@@ -24,7 +28,8 @@ SR_UNET = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num
 
 def _perturbed_params(model, x, low):
     """Initial parameters plus small noise: the zero-initialised output convs (DDPM) would hide every input."""
-    params = model.init(jax.random.key(0), x, jnp.zeros((x.shape[0],)), low_res=low, aug_level=jnp.zeros(x.shape[0]))
+    params = model.init(jax.random.key(0), x, jnp.zeros((x.shape[0],)),
+                        {"low_res": low, "aug_level": jnp.zeros(x.shape[0])})
     leaves, tree = jax.tree.flatten(params["params"])
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
@@ -32,7 +37,7 @@ def _perturbed_params(model, x, low):
 
 @pytest.fixture(scope="module")
 def sr_apply_fn():
-    return jax.jit(lambda p, x, t, low, s: SR_UNET.apply({"params": p}, x, t, low_res=low, aug_level=s))
+    return jax.jit(lambda p, x, t, low, s: SR_UNET.apply({"params": p}, x, t, {"low_res": low, "aug_level": s}))
 
 
 def test_sr_unet_concatenates_upsampled_low_res_and_keeps_output_channels(sr_apply_fn):
@@ -45,10 +50,10 @@ def test_sr_unet_concatenates_upsampled_low_res_and_keeps_output_channels(sr_app
     with pytest.raises(ValueError, match="low_res"):
         SR_UNET.apply({"params": params}, x, jnp.zeros(2))
     with pytest.raises(ValueError, match="low_res"):
-        SR_UNET.apply({"params": params}, x, jnp.zeros(2), low_res=jnp.ones((2, 4, 4, 3)))
+        SR_UNET.apply({"params": params}, x, jnp.zeros(2), {"low_res": jnp.ones((2, 4, 4, 3))})
     plain = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=8)
     with pytest.raises(ValueError, match="low_res_channels is None"):
-        plain.init(jax.random.key(0), x, jnp.zeros(2), low_res=low)
+        plain.init(jax.random.key(0), x, jnp.zeros(2), {"low_res": low})
 
 
 def test_augmentation_level_and_low_res_reach_the_network(sr_apply_fn):
@@ -76,13 +81,24 @@ def test_noise_augment_level_zero_is_clean_and_levels_map_to_timesteps():
         aug_timestep(1.0, 1000)
 
 
-class _EchoAug:
-    """A stand-in SR model whose prediction is the augmentation timestep it was given (checks the loss's plumbing)."""
+class _Recorder:
+    """A stand-in SR denoiser that records the condition it is given and predicts its augmentation timestep."""
     num_classes = None
 
-    def apply(self, variables, x_t, t, y, train=False, rngs=None, low_res=None, aug_level=None):
-        assert low_res.shape == (x_t.shape[0], 4, 4, 1)
-        return jnp.broadcast_to(aug_level.astype(jnp.float32).reshape(-1, 1, 1, 1), x_t.shape)
+    def __init__(self):
+        self.seen = []
+
+    def apply(self, variables, x_t, t, cond, train=False, rngs=None):
+        self.seen.append(cond)
+        return jnp.broadcast_to(cond["aug_level"].astype(jnp.float32).reshape(-1, 1, 1, 1), x_t.shape)
+
+
+def _sr_loss(max_aug_level):
+    cfg = tiny_config(**{"task": "super_resolution", "model.class_conditional": False, "sr.low_res_size": 4,
+                         "sr.max_aug_level": max_aug_level})
+    model = _Recorder()
+    run = Run(cfg, get_task("super_resolution"), None, model, (8, 8, 1), SCHED)
+    return run.task.loss(run), model
 
 
 def test_training_batches_carry_low_res_and_random_augmentation_levels():
@@ -94,10 +110,29 @@ def test_training_batches_carry_low_res_and_random_augmentation_levels():
     assert batch["low_res"].shape == (16, 4, 4, 1) and batch["image"].shape == (16, 8, 8, 1)
     np.testing.assert_allclose(batch["low_res"], downsample(batch["image"], 4))
     key = jax.random.key(0)
-    loss0, aux0 = make_sr_loss(_EchoAug(), SCHED, max_aug_level=0.0)(None, batch, key)
-    loss5, aux5 = make_sr_loss(_EchoAug(), SCHED, max_aug_level=0.5)(None, batch, key)
+    loss0, aux0 = _sr_loss(0.0)[0](None, batch, key)
+    loss5, aux5 = _sr_loss(0.5)[0](None, batch, key)
     assert float(aux0["aug_level"]) == 0.0 and 100 < float(aux5["aug_level"]) < 400
     assert float(loss0) < 3.0 < float(loss5)  # the network saw s = 0, then s ~ U[0, 500)
+
+
+def test_sr_loss_conditions_on_the_noise_augmented_low_res_image():
+    """The denoiser gets z_s = q_sample(low_res, s - 1) at the levels s it is told, not the clean low-res image
+    (Imagen's noise conditioning augmentation); recomputed here from the loss's key splits."""
+    from ddpm_jax.data import load_source, make_pipeline
+
+    batch = SRPipeline(make_pipeline(tiny_config(), load_source("digits")), 4).batch(0)
+    key = jax.random.key(3)
+    loss_fn, model = _sr_loss(0.5)
+    loss_fn(None, batch, key)
+    cond = model.seen[-1]
+    _, k_cond, _ = jax.random.split(key, 3)
+    _, k_aug_t, k_aug = jax.random.split(k_cond, 3)
+    aug_t = random_aug_timesteps(k_aug_t, 16, 0.5, 1000)
+    expected = noise_augment(SCHED, batch["low_res"], aug_t, jax.random.normal(k_aug, batch["low_res"].shape))
+    np.testing.assert_array_equal(cond["aug_level"], aug_t)
+    np.testing.assert_allclose(cond["low_res"], expected, rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(cond["low_res"]) - batch["low_res"]).max() > 0.1
 
 
 def test_base_images_are_the_sr_stage_low_res_inputs():
@@ -121,7 +156,8 @@ def test_config_dynamic_threshold_reaches_every_sampler(sampler):
     """sampling.dynamic_threshold (with the default clip_x0 = 1 in the config) thresholds every x0 estimate: a model
     predicting a fixed, out-of-range x0 ends on the numpy reference of Imagen's rule."""
     target = np.random.default_rng(1).normal(size=(2, 4, 4, 1)) * np.array([0.5, 4.0]).reshape(2, 1, 1, 1)
-    s = ml_collections.ConfigDict({"sampler": sampler, "num_steps": 3, "clip_x0": 1.0, "dynamic_threshold": 0.9})
+    s = tiny_config(**{"sampling.sampler": sampler, "sampling.num_steps": 3, "sampling.clip_x0": 1.0,
+                       "sampling.dynamic_threshold": 0.9}).sampling
     kwargs = sampler_kwargs(s)
     out = D.sample(lambda x, t, c: jnp.asarray(target, jnp.float32), SCHED, jnp.zeros(target.shape),
                    jax.random.key(0), sampler=sampler, prediction_type="x0", **kwargs)
@@ -138,9 +174,10 @@ def test_sr_configs_build_a_low_res_conditioned_unet(path):
     cfg = module.get_config()
     assert cfg.task == "super_resolution" and cfg.data.image_size % cfg.sr.low_res_size == 0
     model = unet_from_config(cfg.model, 10, low_res_channels=1)
-    size = cfg.data.image_size
+    size, low = cfg.data.image_size, cfg.sr.low_res_size
+    cond = {"low_res": jnp.zeros((1, low, low, 1)), "aug_level": jnp.zeros((1,), jnp.int32)}
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1)), jnp.zeros((1,)),
-                                               **init_kwargs(model, 1, cfg.sr.low_res_size)))
+                                               cond))
     assert shapes["params"]["conv_in"]["kernel"].shape[2] == 2
 
 
@@ -150,8 +187,6 @@ def test_sr_configs_build_a_low_res_conditioned_unet(path):
 @pytest.fixture(scope="module")
 def cascade_workdirs(tmp_path_factory):
     """A class-conditional 4x4 digits base model and a 4 -> 8 SR stage, each trained 2 steps."""
-    from ddpm_jax.training import loop
-
     common = {"training.num_steps": 2, "training.log_every": 2, "training.checkpoint_every": 2,
               "training.async_checkpointing": False, "model.ch_mult": (1,), "model.attn_resolutions": (),
               "sampling.num_steps": 2, "sampling.batch_size": 4}
@@ -164,8 +199,6 @@ def cascade_workdirs(tmp_path_factory):
 
 
 def test_two_stage_cascade_generates_final_resolution_images(cascade_workdirs, tmp_path):
-    from ddpm_jax.training.super_resolution import cascade_from_workdirs, write_cascade
-
     base_dir, sr_dir = cascade_workdirs
     labels = np.array([7, 7, 3, 1, 0], np.int32)
     result = cascade_from_workdirs(base_dir, [sr_dir], 5, seed=0, labels=labels,
@@ -183,31 +216,29 @@ def test_two_stage_cascade_generates_final_resolution_images(cascade_workdirs, t
 
 def test_sr_sampler_output_depends_on_the_low_res_input(cascade_workdirs):
     """Same noise, different low-res inputs: different SR samples (the condition is used at sampling time)."""
-    from ddpm_jax.training.super_resolution import load_sr_stage
-
-    stage, _ = load_sr_stage(cascade_workdirs[1], steps=2)
+    stage = load_stage(cascade_workdirs[1], ("super_resolution",), "an SR stage", steps=2)
+    sample_fn = stage.run.task.make_sample_fn(stage.run)
     leaves, tree = jax.tree.flatten(stage.params)  # 2 training steps leave the zero-initialised output convs ~0
     keys = jax.random.split(jax.random.key(2), len(leaves))
     params = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
     x_T = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     low = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)), jnp.float32)
-    a = np.asarray(stage.sample_fn(params, x_T, jax.random.key(1), low, jnp.zeros(4, jnp.int32)))
-    b = np.asarray(stage.sample_fn(params, x_T, jax.random.key(1), -low, jnp.zeros(4, jnp.int32)))
+    a = np.asarray(sample_fn(params, x_T, jax.random.key(1), {"low_res": low}))
+    b = np.asarray(sample_fn(params, x_T, jax.random.key(1), {"low_res": -low}))
     assert a.shape == (4, 8, 8, 1) and np.abs(a - b).max() > 1e-3
 
 
 def test_sr_eta_override_reaches_the_stage(cascade_workdirs):
-    """load_sr_stage(eta=...) (``--sr_eta``): with a clean low-res input, DDIM eta 0 is deterministic given x_T (the
+    """load_stage(eta=...) (``--sr_eta``): with a clean low-res input, DDIM eta 0 is deterministic given x_T (the
     key does not matter) and eta 1 is ancestral (it does)."""
-    from ddpm_jax.training.super_resolution import load_sr_stage
-
     x_T = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     low = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)), jnp.float32)
-    y = jnp.zeros(4, jnp.int32)
     spread = {}
     for eta in (0.0, 1.0):
-        stage, _ = load_sr_stage(cascade_workdirs[1], sampler="ddim", steps=2, aug_level=0.0, eta=eta)
-        a, b = (np.asarray(stage.sample_fn(stage.params, x_T, jax.random.key(k), low, y)) for k in (1, 2))
+        stage = load_stage(cascade_workdirs[1], ("super_resolution",), "an SR stage", sampler="ddim", steps=2,
+                           aug_level=0.0, eta=eta)
+        sample_fn = stage.run.task.make_sample_fn(stage.run)
+        a, b = (np.asarray(sample_fn(stage.params, x_T, jax.random.key(k), {"low_res": low})) for k in (1, 2))
         spread[eta] = np.abs(a - b).max()
     assert spread[0.0] < 1e-6 < 1e-3 < spread[1.0]
 
@@ -243,19 +274,14 @@ def test_generate_command_runs_the_cascade(cascade_workdirs, tmp_path, capsys):
 
 def test_sample_mode_super_resolves_held_out_images(cascade_workdirs):
     """``--mode=sample`` on an SR workdir: low-res, super-resolved and original rows of test images."""
-    from ddpm_jax.training import loop
-
     sr_dir = cascade_workdirs[1]
-    paths = loop.sample(loop.read_workdir_config(sr_dir), sr_dir, 3, out_name="sr_check")
+    paths = sample_workdir(sr_dir, 3, out_name="sr_check")
     with np.load(paths["npz"]) as z:
         assert z["images"].shape == (9, 8, 8, 1) and z["images"].dtype == np.uint8
 
 
 def test_cascade_from_a_text_to_image_base(cascade_workdirs, tmp_path, tiny_encoder_path):
     """Prompt -> text-conditional 4x4 base (the tiny test encoder's first layer) -> the 4 -> 8 SR stage."""
-    from ddpm_jax.training import loop
-    from ddpm_jax.training.super_resolution import cascade_from_workdirs
-
     base = str(tmp_path / "t2i")
     loop.train(tiny_config(**{"task": "text_diffusion", "model.class_conditional": False, "text.num_layers": 1,
                               "text.encoder_path": tiny_encoder_path,

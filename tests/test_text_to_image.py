@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
+from ddpm_jax import diffusion
 from ddpm_jax.models.unet import UNet
-from ddpm_jax.pipelines import text as t2i
+from ddpm_jax.pipelines.workdir import generate_text
+from ddpm_jax.tasks import build_run, get_task, load_trained
+from ddpm_jax.tasks import text as t2i
+from ddpm_jax.tasks.clip import clip_from_config
 from ddpm_jax.training import loop
 from tiny_text_encoder import HIDDEN, tiny_text_encoder_path
 
@@ -36,20 +40,20 @@ def t2i_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def t2i_run():
-    return loop.build_run(text_config())
+    return build_run(text_config())
 
 
 @pytest.fixture(scope="module")
 def t2i_params(t2i_run):
     """Random (not zero-initialised) parameters of the run's U-Net, without compiling its init."""
-    shapes = jax.eval_shape(t2i_run.init_fn, jax.random.key(0)).params
+    shapes = jax.eval_shape(t2i_run.init_params, jax.random.key(0))
     return perturbed_params(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), scale=0.1)
 
 
 @pytest.fixture(scope="module")
 def t2i_apply(t2i_run):
     """The run's text-conditional U-Net, jitted once for the module's tests."""
-    return jax.jit(lambda p, x, t, cond: t2i.apply_text_model(t2i_run.model, p, x, t, cond))
+    return jax.jit(lambda p, x, t, cond: t2i_run.model.apply({"params": p}, x, t, cond))
 
 
 def perturbed_params(params, key=jax.random.PRNGKey(7), scale=0.05):
@@ -68,13 +72,14 @@ def test_text_run_trains_on_cached_caption_embeddings(t2i_workdir, t2i_run):
         assert len(f["texts"]) == 60  # 10 digits x 6 templates: unique captions only
     metrics = [json.loads(line) for line in open(os.path.join(t2i_workdir, "metrics.jsonl"))]
     assert all(np.isfinite(m["train/loss"]) for m in metrics if "train/loss" in m)
-    params = loop.restore_trained(t2i_run, t2i_workdir).params
+    params = load_trained(t2i_workdir, use_ema=False).params
     assert "pooled_proj" in params and "mid_xattn" in params and "down_1_xattn_0" in params
 
 
 def test_text_batches_are_a_pure_function_of_the_step_and_match_the_captions(t2i_workdir, t2i_run):
-    pipeline = loop.make_data_pipeline(t2i_run, t2i_workdir, True)
-    again = loop.make_data_pipeline(loop.build_run(text_config()), t2i_workdir, True)
+    pipeline = t2i_run.task.pipeline(t2i_run, t2i_workdir, True)
+    again_run = build_run(text_config())
+    again = again_run.task.pipeline(again_run, t2i_workdir, True)
     b3, b3_again = pipeline.batch(3), again.batch(3)
     assert set(b3) == {"image", "label", "context", "context_mask", "pooled"}
     for k in b3:
@@ -115,7 +120,7 @@ def test_guidance_scale_1_is_the_conditional_model_and_0_the_unconditional(t2i_r
     t = jnp.array([100, 700])
     eps_c, eps_u = apply(params, x, t, cond), apply(params, x, t, uncond)
     assert not np.allclose(eps_c, eps_u, atol=1e-4)
-    guided = t2i.guided_text_denoiser(lambda x, t, c: apply(params, x, t, c), scale, null)(x, t, cond)
+    guided = diffusion.classifier_free_guidance(lambda x, t, c: apply(params, x, t, c), scale, null)(x, t, cond)
     np.testing.assert_allclose(guided, eps_u + scale * (eps_c - eps_u), atol=1e-5)
     if scale == 1.0:
         np.testing.assert_allclose(guided, eps_c, atol=1e-6)
@@ -143,7 +148,8 @@ def test_pooled_vector_and_cross_attention_resolutions_are_opt_in():
     base = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, dropout=0.0)
     x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))
     ctx, mask = jnp.zeros((1, 3, 5)), jnp.ones((1, 3), bool)
-    init = lambda model, *args: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, None, *args))
+    keys = ("context", "context_mask", "pooled")
+    init = lambda model, *args: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, dict(zip(keys, args))))
     default = init(UNet(**base, context_dim=5), ctx, mask)["params"]
     assert "pooled_proj" not in default and "down_1_xattn_0" in default and "down_0_xattn_0" not in default
     at8 = UNet(**base, context_dim=5, cross_attn_resolutions=(8,), pooled_dim=5)
@@ -176,44 +182,42 @@ def test_generate_command_writes_a_png_grid_and_npz(t2i_workdir, tmp_path):
 
 
 def test_generate_errors_are_one_line(t2i_workdir, tmp_path):
-    from ddpm_jax.training.text import generate_from_workdir
-
     proc = run_generate(f"--workdir={tmp_path}", "--prompt", PROMPT)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: FileNotFoundError")
     assert "config.json not found" in proc.stderr
     with open(tmp_path / "config.json", "w") as f:
         f.write(tiny_config().to_json())
     with pytest.raises(ValueError, match="not a text-to-image model"):
-        generate_from_workdir(str(tmp_path), [PROMPT])
+        generate_text(str(tmp_path), [PROMPT])
     with pytest.raises(ValueError, match="at least one"):
-        generate_from_workdir(t2i_workdir, [])
+        generate_text(t2i_workdir, [])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        generate_text(t2i_workdir, [PROMPT], num=0)
 
 
 def test_sampling_with_guidance_is_deterministic_and_finite(t2i_workdir, t2i_run):
-    from ddpm_jax.training.text import text_samples
-
-    state = loop.restore_trained(t2i_run, t2i_workdir)
-    a, index, prompts = text_samples(t2i_run, state.ema_params, jax.random.key(0), 3, 2.0, [PROMPT, "nine"])
-    b, _, _ = text_samples(t2i_run, state.ema_params, jax.random.key(0), 3, 2.0, [PROMPT, "nine"])
+    params = load_trained(t2i_workdir).params
+    sample = lambda: t2i_run.task.generate(t2i_run, params, jax.random.key(0), 3, prompts=[PROMPT, "nine"],
+                                           guidance_scale=2.0)
+    a, index, ncols = sample()
+    b, _, _ = sample()
     np.testing.assert_array_equal(a, b)
-    assert a.shape == (3, 8, 8, 1) and list(index) == [0, 1, 0] and prompts == [PROMPT, "nine", PROMPT]
+    assert a.shape == (3, 8, 8, 1) and np.all(np.isfinite(a)) and list(index) == [0, 1, 0] and ncols == 2
 
 
 def test_text_encoder_mismatch_is_refused(t2i_workdir, t2i_run, tmp_path):
-    from ddpm_jax.training.text import check_or_write_record
-
     record = json.load(open(os.path.join(t2i_workdir, "text_encoder.json")))
     record["fingerprint"] = "0" * 64
     json.dump(record, open(tmp_path / "text_encoder.json", "w"))
     with pytest.raises(ValueError, match="another text encoder"):
-        check_or_write_record(t2i_run.text, str(tmp_path))
+        t2i.check_or_write_record(t2i_run.text, str(tmp_path))
 
 
 def test_invalid_text_configs_fail_early():
     with pytest.raises(ValueError, match="cond_drop_prob"):
-        loop.validate_config(text_config(**{"text.cond_drop_prob": 1.0}))
+        get_task("text_diffusion").validate(text_config(**{"text.cond_drop_prob": 1.0}))
     with pytest.raises(ValueError, match="class_conditional"):
-        loop.validate_config(text_config(**{"model.class_conditional": True}))
+        get_task("text_diffusion").validate(text_config(**{"model.class_conditional": True}))
 
 
 def clip_config(**overrides):
@@ -225,7 +229,7 @@ def clip_config(**overrides):
 
 
 def test_clip_trains_through_the_trainer_and_scores_images(tmp_path):
-    from ddpm_jax.training.text import clip_score_of, load_domain_clip
+    from ddpm_jax.evaluation.quality import clip_score_of, load_domain_clip
 
     wd = str(tmp_path)
     loop.train(clip_config(), wd)
@@ -244,15 +248,13 @@ def test_clip_trains_through_the_trainer_and_scores_images(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text(tiny_config().to_json())
-    with pytest.raises(ValueError, match="not a CLIP"):
+    with pytest.raises(ValueError, match="not a clip run"):
         load_domain_clip(str(other))
 
 
 @pytest.mark.slow
 def test_latent_text_to_image_trains_and_generates(tmp_path):
     from test_autoencoder_training import autoencoder_config
-
-    from ddpm_jax.training.text import generate_from_workdir
 
     ae = str(tmp_path / "ae")
     loop.train(autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 4}), ae)
@@ -262,7 +264,7 @@ def test_latent_text_to_image_trains_and_generates(tmp_path):
     c.model.attn_resolutions = (2,)
     loop.train(c, wd)
     assert os.path.exists(os.path.join(wd, "latent.json")) and os.path.exists(os.path.join(wd, "text_encoder.json"))
-    out = generate_from_workdir(wd, [PROMPT], 3, 2.0, "ddim", 3)
+    out = generate_text(wd, [PROMPT], 3, 2.0, "ddim", 3)
     assert out["images"].shape == (3, 8, 8, 1)  # decoded pixels, not 4x4x2 latents
 
 
@@ -271,10 +273,9 @@ def test_text_configs_build_their_models(name):
     from test_configs import load
 
     from ddpm_jax.models.build import unet_from_config
-    from ddpm_jax.training.text import clip_from_config
 
     cfg = load(os.path.join(ROOT, "configs", f"{name}.py"))
-    loop.validate_config(cfg)
+    get_task(cfg.task).validate(cfg)
     if cfg.task == "clip":
         model = clip_from_config(cfg.clip)
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 384))))
@@ -282,8 +283,8 @@ def test_text_configs_build_their_models(name):
         size = 8 if cfg.task == "latent_text_diffusion" else 32
         model = unet_from_config(cfg.model, None, 384, 384)
         n = cfg.text.max_length
+        cond = {"context": jnp.zeros((1, n, 384)), "context_mask": jnp.ones((1, n), bool), "pooled": jnp.zeros((1, 384))}
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 4)), jnp.zeros((1,)),
-                                                   None, jnp.zeros((1, n, 384)), jnp.ones((1, n), bool),
-                                                   jnp.zeros((1, 384))))
+                                                   cond))
         assert any("xattn" in k for k in shapes["params"]) and "pooled_proj" in shapes["params"]
     assert sum(x.size for x in jax.tree.leaves(shapes)) > 0

@@ -34,6 +34,11 @@ class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (disk full, read-only or vanished folder)."""
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def _all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if np.issubdtype(np.dtype(x.dtype), np.floating)]
     return all(bool(jax.device_get(jax.numpy.isfinite(x).all())) for x in leaves)
@@ -103,8 +108,9 @@ class Checkpointer:
         self.check_for_errors()
         try:
             return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
-        except OSError as e:
-            raise CheckpointSaveError(f"saving checkpoint {step} to {self.directory} failed: {e}") from None
+        except Exception as e:  # OSError, or TensorStore's wrapping of one (e.g. "No space left on device")
+            raise CheckpointSaveError(f"saving checkpoint {step} to {self.directory} failed: {type(e).__name__}: "
+                                      f"{_first_line(e)}") from None
 
     def check_for_errors(self) -> None:
         """Raise at once if a finished async save failed (instead of at the next save)."""
@@ -112,14 +118,14 @@ class Checkpointer:
             self.manager.check_for_errors()
         except Exception as e:  # Orbax re-raises the background thread's error
             raise CheckpointSaveError(f"writing a checkpoint to {self.directory} failed: {type(e).__name__}: "
-                                      f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+                                      f"{_first_line(e)}") from None
 
     def wait(self):
         try:
             self.manager.wait_until_finished()
         except Exception as e:
             raise CheckpointSaveError(f"writing a checkpoint to {self.directory} failed: {type(e).__name__}: "
-                                      f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+                                      f"{_first_line(e)}") from None
 
     def close(self):
         try:
