@@ -225,8 +225,7 @@ def mode_samples():
     feats, logits = extract(extractor, images)
     ref_feats, _ = extract(extractor, ref)
     ref_stats = feature_statistics(ref_feats)
-    conditional = bool(config.model.class_conditional)
-    conditional |= config.task in ("text_diffusion", "latent_text_diffusion")  # one class prompt per label
+    conditional = bool(config.model.class_conditional) or trained.run.text is not None  # one class prompt per label
     result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
     if FLAGS.baseline_split:
