@@ -27,6 +27,10 @@ config's default; ``--sr_eta``), and one extra row uses deterministic DDIM (eta 
 Then ``python experiments/cascade.py``: 36 min on the 2 cores for ``--num_samples=500`` (the single model at eta 0
 and 1, the base, the SR stage at 6 settings, each with one warm-up batch), about twice that for the default 1,000.
 ``--preset=toy``: digits 4 -> 8, writes cascade_toy.*. Writes experiments/results/cascade.{md,png,json}.
+
+FCD, KID and class accuracy carry bootstrap 95% intervals over the samples (experiments/scoring.py).
+``--render_only`` rewrites the table and the plot's FCD panel from the results JSON (one written before intervals
+shows ``[n/a]``; the sample rows need the samples, so they are left out).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import logging
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +58,8 @@ from ddpm_jax.diffusion import num_function_evaluations  # noqa: E402
 from ddpm_jax.pipelines.images import make_grid  # noqa: E402
 from ddpm_jax.tasks.sampling import default_labels  # noqa: E402
 from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
-from experiments.scoring import Scorer, load_run, machine_description, require_workdir, sampling_config  # noqa: E402
+from experiments.scoring import (NO_INTERVAL_NOTE, Scorer, error_bar, format_scores, interval, load_run,  # noqa: E402
+                                 machine_description, require_workdir, samples_note, sampling_config, with_interval)
 
 log = logging.getLogger("ddpm_jax")
 
@@ -163,8 +169,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict) -> tuple:
         x, sr_s = timed_generate(sr_run, sr_params, jax.random.fold_in(key, 2), n,
                                  settings(sr_run, p["sr_steps"], eta=eta, sr_aug_level=level), sr_labels, x_base)
         scores = scorer(to_uint8(x), labels)
-        log.info("cascade, SR aug level %.2f, eta %g: %s", level, eta,
-                 " | ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        log.info("cascade, SR aug level %.2f, eta %g: %s", level, eta, format_scores(scores))
         sweep.append({"aug_level": level, "eta": eta, "sr_seconds_per_image": sr_s / n, **scores})
         grids[_row_key(level, eta, p["sr_eta"])] = to_uint8(x[:p["grid"]])
     models["sr"] = {"label": f"SR {base_run.image_shape[0]}→{size}", "workdir": os.path.abspath(workdirs["sr"]),
@@ -190,6 +195,12 @@ def _flops(x: float) -> str:
     return f"{x / 1e12:.3g} TFLOP" if x >= 1e11 else f"{x / 1e9:.3g} GFLOP"
 
 
+def _scores(r: dict) -> str:
+    """``FCD | KID ×10³ | class accuracy`` cells with their intervals."""
+    return (f"{with_interval(r, 'fcd')} | {with_interval(r, 'kid_classifier', '{:.2f}', 1e3)} | "
+            f"{with_interval(r, 'class_accuracy')}")
+
+
 def write_table(study: dict, path: str) -> None:
     p, m, sweep = study["preset"], study["models"], study["aug_sweep"]
     size = study["data"]["image_size"]
@@ -201,25 +212,24 @@ def write_table(study: dict, path: str) -> None:
         f"{p['base_steps']} (base), {p['sr_steps']} (SR, η = {p['sr_eta']:g}) and {p['single_steps']} "
         f"(single) steps, each workdir's own guidance scale. Scored at {size}×{size} against {study['reference']}.", "",
         f"Machine: {study['machine']}. Time: after compilation, batch {p['batch_size']}.", "",
+        samples_note(study["single_rows"][0]) or NO_INTERVAL_NOTE, "",
         "## Quality, sampling time and cost", "",
         "| model | FCD | KID ×10³ | class accuracy | s / image | sampling FLOPs / image "
         "| training FLOPs (steps × batch) | params |", "|---|---|---|---|---|---|---|---|",
     ]
     s = m["single"]
     for row in study["single_rows"]:
-        lines.append(f"| {row['label']} | {row['fcd']:.3f} | {1e3 * row['kid_classifier']:.2f} | "
-                     f"{row['class_accuracy']:.3f} | {row['seconds_per_image']:.4f} | {_flops(row['sample_flops'])} | "
+        lines.append(f"| {row['label']} | {_scores(row)} | {row['seconds_per_image']:.4f} | "
+                     f"{_flops(row['sample_flops'])} | "
                      f"{_flops(row['train_flops'])} ({row['train_steps']} × {row['batch_size']}) | {row['params']:,} |")
     b, r = m["base"], m["sr"]
     lines.append(f"| cascade: {b['label']} (η = {b['eta']:g}) + {r['label']} (aug {best['aug_level']:g}, "
-                 f"η = {best['eta']:g}) | {best['fcd']:.3f} | "
-                 f"{1e3 * best['kid_classifier']:.2f} | {best['class_accuracy']:.3f} | {cascade_s:.4f} | "
+                 f"η = {best['eta']:g}) | {_scores(best)} | {cascade_s:.4f} | "
                  f"{_flops(b['sample_flops'] + r['sample_flops'])} | {_flops(b['train_flops'] + r['train_flops'])} "
                  f"({b['train_steps']} × {b['batch_size']} + {r['train_steps']} × {r['batch_size']}) | "
                  f"{b['params'] + r['params']:,} |")
     f = study["real_floor"]
-    lines.append(f"| *real {f['split']} images* | {f['fcd']:.3f} | {1e3 * f['kid_classifier']:.2f} | "
-                 f"{f['class_accuracy']:.3f} | | | | |")
+    lines.append(f"| *real {f['split']} images* | {_scores(f)} | | | | |")
     lines += ["", "Cascade row: the augmentation level with the lowest FCD; the single model is shown at each η (the "
               f"plot uses its best). Training FLOPs ≈ 3 × forward FLOPs × batch × steps (XLA cost analysis of one "
               f"forward pass: base {_flops(b['forward_flops'])}, SR "
@@ -229,9 +239,8 @@ def write_table(study: dict, path: str) -> None:
               "| aug level | SR DDIM η | FCD | KID ×10³ | class accuracy | SR s / image |",
               "|---|---|---|---|---|---|"]
     for row in sweep:
-        lines.append(f"| {row['aug_level']:g} | {row['eta']:g} | {row['fcd']:.3f} | "
-                     f"{1e3 * row['kid_classifier']:.2f} | "
-                     f"{row['class_accuracy']:.3f} | {row['sr_seconds_per_image']:.4f} |")
+        lines.append(f"| {row['aug_level']:g} | {row['eta']:g} | {_scores(row)} | "
+                     f"{row['sr_seconds_per_image']:.4f} |")
     lines += ["", "Same base images in every row; a row with another η than the rest is the deterministic-DDIM "
               "comparison. Imagen (sec. 4.4) finds level 0 best by FID and 0.1–0.3 best to the "
               "eye. Samples: the .png beside this file.", ""]
@@ -239,29 +248,40 @@ def write_table(study: dict, path: str) -> None:
         fh.write("\n".join(lines))
 
 
-def write_plot(study: dict, grids: dict, real: np.ndarray, path: str) -> None:
-    """Left: FCD against the SR augmentation level (single model and real floor as lines); right: sample rows."""
+def write_plot(study: dict, grids: Optional[dict], real: Optional[np.ndarray], path: str) -> None:
+    """Left: FCD against the SR augmentation level with bootstrap 95% error bars (single model and real floor as
+    lines with their intervals as bands); right: sample rows (left out when ``grids`` is None: --render_only)."""
     sweep, eta = _main_sweep(study), study["preset"]["sr_eta"]
     size = study["data"]["image_size"]
-    rows = [("real test", real), (f"single (η={study['models']['single']['eta']:g})", grids["single"]),
-            ("base (upsampled)", grids["base"].repeat(size // grids["base"].shape[1], 1).repeat(
-                size // grids["base"].shape[1], 2))]
-    rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r["eta"] == eta else f", η={r['eta']:g}"),
-              grids[_row_key(r["aug_level"], r["eta"], eta)]) for r in study["aug_sweep"]]
-    fig = plt.figure(figsize=(11, 0.75 * len(rows) + 1))
-    ax = fig.add_subplot(1, 2, 1)
+    rows = []
+    if grids is not None:
+        rows = [("real test", real), (f"single (η={study['models']['single']['eta']:g})", grids["single"]),
+                ("base (upsampled)", grids["base"].repeat(size // grids["base"].shape[1], 1).repeat(
+                    size // grids["base"].shape[1], 2))]
+        rows += [(f"cascade, aug {r['aug_level']:g}" + ("" if r["eta"] == eta else f", η={r['eta']:g}"),
+                  grids[_row_key(r["aug_level"], r["eta"], eta)]) for r in study["aug_sweep"]]
+    fig = plt.figure(figsize=(11, 0.75 * len(rows) + 1) if rows else (6, 4.5))
+    ax = fig.add_subplot(1, 2 if rows else 1, 1)
     levels = [r["aug_level"] for r in sweep]
-    ax.plot(levels, [r["fcd"] for r in sweep], "o-", label=f"cascade (base + SR, η = {eta:g})")
+    has_ci = interval(sweep[0], "fcd") is not None
+    ax.errorbar(levels, [r["fcd"] for r in sweep], yerr=np.array([error_bar(r, "fcd") for r in sweep]).T
+                if has_ci else None, fmt="o-", capsize=3, label=f"cascade (base + SR, η = {eta:g})")
     for r in study["aug_sweep"]:
         if r["eta"] != eta:
-            ax.plot([r["aug_level"]], [r["fcd"]], "x", color="C3", ms=8, label=f"SR with DDIM η = {r['eta']:g}")
+            ax.errorbar([r["aug_level"]], [r["fcd"]], yerr=np.array([error_bar(r, "fcd")]).T if has_ci else None,
+                        fmt="x", color="C3", ms=8, capsize=3, label=f"SR with DDIM η = {r['eta']:g}")
     single = study["models"]["single"]
     ax.axhline(single["fcd"], color="C1", ls="--", label=f"single model (best: DDIM η = {single['eta']:g})")
     ax.axhline(study["real_floor"]["fcd"], color="gray", ls=":", label="real test images")
+    for record, color in ((single, "C1"), (study["real_floor"], "gray")):
+        ci = interval(record, "fcd")
+        if ci is not None:
+            ax.axhspan(ci[0], ci[1], color=color, alpha=0.12, lw=0)
     ax.set_xlabel("SR noise-augmentation level at sampling")
     ax.set_ylabel("FCD (lower is better)")
     ax.legend(fontsize=8)
-    ax.set_title(f"{study['data']['name']} {size}×{size}, {study['preset']['num_samples']} samples", fontsize=9)
+    ax.set_title(f"{study['data']['name']} {size}×{size}, {study['preset']['num_samples']} samples"
+                 + ("; bootstrap 95% intervals" if has_ci else "; no intervals (run before intervals)"), fontsize=9)
     for i, (title, images) in enumerate(rows):
         sub = fig.add_subplot(len(rows), 2, 2 * i + 2)
         grid = make_grid(np.asarray(images, np.uint8), len(images), pad=1)
@@ -294,6 +314,8 @@ def main(argv=None):
     parser.add_argument("--eta0_level", type=float, default=None,
                         help="augmentation level of the extra deterministic-DDIM (eta 0) SR row (default 0.1)")
     parser.add_argument("--skip_eta0_row", action="store_true", help="no deterministic-DDIM SR row")
+    parser.add_argument("--render_only", action="store_true",
+                        help="rewrite the table and the FCD plot from the results JSON of an earlier run")
     args = parser.parse_args(argv)
     setup_logging()
     p = dict(PRESETS[args.preset])
@@ -301,11 +323,16 @@ def main(argv=None):
     if args.skip_eta0_row:
         p["eta0_level"] = None
     workdirs = {"base": args.base_workdir, "sr": args.sr_workdir, "single": args.single_workdir}
-    study, grids, real = compare(workdirs, args.classifier_workdir, p)
-    os.makedirs(args.results_dir, exist_ok=True)
     stem = os.path.join(args.results_dir, "cascade_toy" if args.preset == "toy" else "cascade")
-    with open(stem + ".json", "w") as fh:
-        json.dump(study, fh, indent=2)
+    if args.render_only:
+        if not os.path.exists(stem + ".json"):
+            raise FileNotFoundError(f"--render_only: no results {stem}.json; run the study first")
+        study, grids, real = json.load(open(stem + ".json")), None, None
+    else:
+        study, grids, real = compare(workdirs, args.classifier_workdir, p)
+        os.makedirs(args.results_dir, exist_ok=True)
+        with open(stem + ".json", "w") as fh:
+            json.dump(study, fh, indent=2)
     write_table(study, stem + ".md")
     write_plot(study, grids, real, stem + ".png")
     log.info("wrote %s.md, %s.png and %s.json", stem, stem, stem)

@@ -28,7 +28,20 @@ Then:
     python experiments/sampler_steps.py --steps=10,20,50,100 --num_samples=500 # the CPU-sized run (~70 min)
     python experiments/sampler_steps.py --preset=accelerator --inception_weights=pt_inception.npz
 
-Writes experiments/results/sampler_steps.{md,png,json} (``--preset=toy``: sampler_steps_toy.*).
+The real run that fits in minutes on a CPU: the quickstart digits model and its classifier (~6 min + 30 s to train),
+samplers x S = 10, 20, 50 at 500 samples (writes sampler_steps_digits.*):
+
+    python -m ddpm_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+    python -m ddpm_jax.main --config=configs/classifier_digits.py --workdir=runs/classifier_digits
+    python experiments/sampler_steps.py --preset=digits --workdir=runs/quickstart \
+        --classifier_workdir=runs/classifier_digits
+
+Every FCD, KID and class accuracy carries a bootstrap 95% interval over the N samples (experiments/scoring.py); a
+column's best value is bold only where its interval separates it from every other sampler's. ``--render_only``
+redraws the table and plot from the results JSON (one written before intervals shows ``[n/a]``).
+
+Writes experiments/results/sampler_steps.{md,png,json} (``--preset=toy``/``digits``: sampler_steps_toy.* /
+sampler_steps_digits.*).
 """
 from __future__ import annotations
 
@@ -51,8 +64,9 @@ sys.path.insert(0, ROOT)
 from ddpm_jax.data import to_uint8  # noqa: E402
 from ddpm_jax.diffusion import num_function_evaluations  # noqa: E402
 from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
-from experiments.scoring import (Scorer, load_run, machine_description, require_workdir, sampling_config,  # noqa: E402
-                                 timed_diffusion_samples)
+from experiments.scoring import (NO_INTERVAL_NOTE, Scorer, format_scores, interval, load_run,  # noqa: E402
+                                 machine_description, require_workdir, resolved, samples_note, sampling_config,
+                                 timed_diffusion_samples, with_interval, yerr)
 
 log = logging.getLogger("ddpm_jax")
 
@@ -69,6 +83,9 @@ PRESETS = {
                     seed=0, num_reference=0),
     "accelerator": dict(steps="10,20,50,100,1000", samplers=",".join(SAMPLERS), num_samples=10000,
                         batch_size=1000, seed=0, num_reference=0),
+    # the quickstart digits model (configs/quickstart.py): the cheapest real run, minutes on a CPU
+    "digits": dict(steps="10,20,50", samplers=",".join(SAMPLERS), num_samples=500, batch_size=250, seed=0,
+                   num_reference=0),
     "toy": dict(steps="2,4", samplers=",".join(SAMPLERS), num_samples=16, batch_size=16, seed=0, num_reference=200),
 }
 
@@ -119,8 +136,8 @@ def run_grid(workdir: str, classifier_workdir: str, p: dict, ddpm_variance: str 
             scores = scorer(images, out["labels"] if conditional else None)
             cells.append({**cell, **scores, "images_per_sec": out["images_per_sec"], "compile_s": out["compile_s"],
                           "sample_s": out["sample_s"]})
-            log.info("%s, %d steps: %s | %.1f img/s (compile %.1f s)", label, s,
-                     " | ".join(f"{k} {v:.4g}" for k, v in scores.items()), out["images_per_sec"], out["compile_s"])
+            log.info("%s, %d steps: %s | %.1f img/s (compile %.1f s)", label, s, format_scores(scores),
+                     out["images_per_sec"], out["compile_s"])
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return {
         "preset": p, "workdir": os.path.abspath(workdir), "checkpoint_step": ckpt_step,
@@ -142,16 +159,27 @@ METRICS = [("fcd", "FCD (Fréchet classifier distance, lower is better)", 1.0, "
            ("fid", "FID (Inception, lower is better)", 1.0, "{:.2f}", min)]
 
 
+def _winners(study: dict, key: str, best) -> dict:
+    """{steps: (best cell, [cells not resolved from it])} per column: the best value and the cells whose 95% interval
+    overlaps its interval (all other cells when a record has no interval)."""
+    out = {}
+    for s in sorted({c["steps"] for c in study["cells"]}):
+        cells = [c for c in study["cells"] if c["steps"] == s and key in c]
+        if not cells:
+            continue
+        top = (min if best is min else max)(cells, key=lambda c: c[key])
+        out[s] = (top, [c for c in cells if c is not top and resolved(top, c, key) is not True])
+    return out
+
+
 def grid_table(study: dict, key: str, scale: float, fmt: str, best) -> list:
-    """A DDIM-Table-1-shaped markdown table: rows = samplers, columns = steps; the best value per column in bold."""
+    """A DDIM-Table-1-shaped markdown table: rows = samplers, columns = steps, ``value [lo, hi]``; a column's best
+    value in bold only where its 95% interval separates it from every other sampler's."""
     steps = sorted({c["steps"] for c in study["cells"]})
     rows = list(dict.fromkeys(c["sampler"] for c in study["cells"]))
     cell = {(c["sampler"], c["steps"]): c for c in study["cells"]}
     lines = ["| sampler \\ steps S | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
-    winners = {}
-    for s in steps:
-        values = [cell[r, s][key] for r in rows if key in cell.get((r, s), {})]
-        winners[s] = best(values) if values else None
+    winners = _winners(study, key, best)
     for r in rows:
         entries = []
         for s in steps:
@@ -159,8 +187,9 @@ def grid_table(study: dict, key: str, scale: float, fmt: str, best) -> list:
             if key not in c:
                 entries.append("n/a" if "unavailable" in c else "")
                 continue
-            text = fmt.format(c[key] * scale)
-            entries.append(f"**{text}**" if len(rows) > 1 and c[key] == winners[s] else text)
+            text = with_interval(c, key, fmt, scale)
+            top, ties = winners[s]
+            entries.append(f"**{text}**" if len(rows) > 1 and c is top and not ties else text)
         label = cell[r, steps[0]]["label"] if (r, steps[0]) in cell else r
         if r == "ddpm":
             label += f" ({study['ddpm_variance'].replace('_', '-')} σ²)"
@@ -168,7 +197,21 @@ def grid_table(study: dict, key: str, scale: float, fmt: str, best) -> list:
     floor = study["real_floor"].get(key)
     if floor is not None:
         lines.append(f"| *real {study['real_floor']['split']} images* | " + " | ".join(
-            [fmt.format(floor * scale)] * len(steps)) + " |")
+            [with_interval(study["real_floor"], key, fmt, scale)] * len(steps)) + " |")
+    return lines
+
+
+def resolution_lines(study: dict, key: str, best) -> list:
+    """Per column: the best sampler and which others it is (not) resolved from at this N."""
+    lines = []
+    for s, (top, ties) in _winners(study, key, best).items():
+        if interval(top, key) is None:
+            return []
+        others = [c for c in study["cells"] if c["steps"] == s and key in c and c is not top]
+        beaten = [c["label"] for c in others if c not in ties]
+        lines.append(f"- S = {s}: best {top['label']}"
+                     + (f"; separated from {', '.join(beaten)}" if beaten else "")
+                     + (f"; not resolved from {', '.join(c['label'] for c in ties)}" if ties else "") + ".")
     return lines
 
 
@@ -190,6 +233,9 @@ def write_table(study: dict, path: str) -> None:
         f"Scored against {study['reference']}. The last row scores {study['real_floor']['count']:,} real "
         f"{study['real_floor']['split']} images the same way (the floor at this sample count).",
         "",
+        (samples_note(next((c for c in cells if "num_scored" in c), None)) or NO_INTERVAL_NOTE) + " Bold: the "
+        "column's best value where its interval separates it from every other sampler's.",
+        "",
         f"Machine: {study['machine']}.",
         "",
         "Spacing: DDPM and DDIM use 'leading' respacing (t = 0, k, 2k, ...), DPM-Solver++(2M) 'linspace' over "
@@ -199,6 +245,9 @@ def write_table(study: dict, path: str) -> None:
     for key, title, scale, fmt, best in METRICS:
         if any(key in c for c in cells):
             lines += [f"## {title}", ""] + grid_table(study, key, scale, fmt, best) + [""]
+            res = resolution_lines(study, key, best) if key != "fid" else []
+            if res:
+                lines += ["Resolved at this N (95% intervals do not overlap):", ""] + res + [""]
     steps = sorted({c["steps"] for c in cells})
     rows = list(dict.fromkeys(c["sampler"] for c in cells))
     cell = {(c["sampler"], c["steps"]): c for c in cells}
@@ -225,24 +274,31 @@ def write_plot(study: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     for ax, (key, title, scale) in zip(axes[0], metrics):
         for name in dict.fromkeys(c["sampler"] for c in study["cells"]):
-            pts = sorted((c["steps"], c[key] * scale) for c in study["cells"] if c["sampler"] == name and key in c)
+            pts = sorted((c for c in study["cells"] if c["sampler"] == name and key in c), key=lambda c: c["steps"])
             if pts:
-                label = next(c["label"] for c in study["cells"] if c["sampler"] == name)
-                ax.plot(*zip(*pts), marker="o", label=label)
+                ax.errorbar([c["steps"] for c in pts], [c[key] * scale for c in pts], yerr=yerr(pts, key, scale),
+                            marker="o", capsize=3, label=pts[0]["label"])
         floor = study["real_floor"].get(key)
         if floor is not None:
             ax.axhline(floor * scale, color="gray", ls="--", lw=1, label=f"real {study['real_floor']['split']}")
+            ci = interval(study["real_floor"], key)
+            if ci is not None:
+                ax.axhspan(ci[0] * scale, ci[1] * scale, color="gray", alpha=0.12, lw=0)
         ax.set_xscale("log")
         steps = sorted({c["steps"] for c in study["cells"]})
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.minorticks_off()
-        if all(c.get(key, 1.0) > 0 for c in study["cells"]) and (floor is None or floor > 0):
+        if all(c.get(key, 1.0) > 0 and (interval(c, key) or (1, 1))[0] > 0 for c in study["cells"]) and (
+                floor is None or (floor > 0 and (interval(study["real_floor"], key) or (1, 1))[0] > 0)):
             ax.set_yscale("log")
         ax.set_xlabel("sampling steps S (= NFE)")
         ax.set_title(title.split(" (")[0] + (" ×10³" if scale != 1 and "×" not in title.split(" (")[0] else ""))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{study['model']['data']}: {study['preset']['num_samples']:,} samples per point", fontsize=10)
+    has_ci = any(interval(c, "fcd") is not None for c in study["cells"])
+    fig.suptitle(f"{study['model']['data']}: {study['preset']['num_samples']:,} samples per point"
+                 + ("; bars: bootstrap 95% intervals" if has_ci else "; no intervals (run before intervals)"),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -259,19 +315,26 @@ def main(argv=None):
     parser.add_argument("--inception_weights", default="", help="FID Inception weights (.npz/.pth) to add FID")
     parser.add_argument("--ddpm_variance", choices=("fixed_large", "fixed_small"), default="fixed_large")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "results"))
-    parser.add_argument("--name", default="", help="output file stem (default sampler_steps[_toy])")
+    parser.add_argument("--name", default="", help="output file stem (default sampler_steps[_toy|_digits])")
+    parser.add_argument("--render_only", action="store_true",
+                        help="rewrite the table and plot from the results JSON of an earlier run (no sampling)")
     for key, value in PRESETS["default"].items():  # every preset value can be overridden
         parser.add_argument(f"--{key}", type=type(value), default=None)
     args = parser.parse_args(argv)
     setup_logging()
     p = dict(PRESETS[args.preset])
     p.update({k: getattr(args, k) for k in PRESETS["default"] if getattr(args, k) is not None})
-    study = run_grid(args.workdir, args.classifier_workdir, p, args.ddpm_variance, args.inception_weights)
-    os.makedirs(args.results_dir, exist_ok=True)
-    stem = os.path.join(args.results_dir, args.name or ("sampler_steps_toy" if args.preset == "toy"
-                                                        else "sampler_steps"))
-    with open(stem + ".json", "w") as fh:
-        json.dump(study, fh, indent=2)
+    stem = os.path.join(args.results_dir, args.name or ("sampler_steps" + (f"_{args.preset}" if args.preset in (
+        "toy", "digits") else "")))
+    if args.render_only:
+        if not os.path.exists(stem + ".json"):
+            raise FileNotFoundError(f"--render_only: no results {stem}.json; run the grid first")
+        study = json.load(open(stem + ".json"))
+    else:
+        study = run_grid(args.workdir, args.classifier_workdir, p, args.ddpm_variance, args.inception_weights)
+        os.makedirs(args.results_dir, exist_ok=True)
+        with open(stem + ".json", "w") as fh:
+            json.dump(study, fh, indent=2)
     write_table(study, stem + ".md")
     write_plot(study, stem + ".png")
     log.info("wrote %s.md, %s.png and %s.json", stem, stem, stem)

@@ -44,8 +44,12 @@ def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     # the sweep at the SR stage's ancestral DDIM (eta 1), then deterministic DDIM at level 0.1 for comparison
     assert [(r["aug_level"], r["eta"]) for r in study["aug_sweep"]] == [(0.0, 1.0), (0.1, 1.0), (0.2, 1.0),
                                                                         (0.3, 1.0), (0.5, 1.0), (0.1, 0.0)]
-    for r in study["aug_sweep"]:
+    for r in study["aug_sweep"] + study["single_rows"] + [study["real_floor"]]:
         assert np.isfinite([r["fcd"], r["kid_classifier"]]).all() and 0 <= r["class_accuracy"] <= 1
+        assert r["num_scored"] == 16
+        for key in ("fcd", "kid_classifier", "class_accuracy"):  # a 95% interval that holds the estimate
+            lo, hi = r[f"{key}_ci"]
+            assert lo <= r[key] <= hi and lo < hi, (key, r[key], lo, hi)
     m = study["models"]
     assert [r["eta"] for r in study["single_rows"]] == [0.0, 1.0]
     assert m["single"]["fcd"] == min(r["fcd"] for r in study["single_rows"])
@@ -57,3 +61,16 @@ def test_toy_cascade_study_writes_table_plot_and_sweep(runs, tmp_path):
     assert "16 per row" in table and "Machine:" in table and table.count("| 0.3 | 1 |") == 1
     assert table.count("| 0.1 | 0 |") == 1 and "SR, η = 1" in table
     assert json.loads((tmp_path / "cascade_toy.json").read_text())["data"] == {"name": "digits", "image_size": 8}
+    row = study["single_rows"][0]
+    assert f"| {row['fcd']:.3f} [{row['fcd_ci'][0]:.3f}, {row['fcd_ci'][1]:.3f}] |" in table
+    assert "interval over the 16 scored samples" in table and "[n/a]" not in table
+
+    # an old results file without intervals still renders (table and FCD panel): values marked [n/a]
+    old = json.loads((tmp_path / "cascade_toy.json").read_text())
+    for record in old["aug_sweep"] + old["single_rows"] + [old["real_floor"]] + list(old["models"].values()):
+        for key in [k for k in record if "_ci" in k or k in ("num_scored", "num_boot")]:
+            del record[key]
+    (tmp_path / "cascade_toy.json").write_text(json.dumps(old))
+    driver.main(["--preset=toy", "--render_only", f"--results_dir={tmp_path}"])
+    table = (tmp_path / "cascade_toy.md").read_text()
+    assert f"| {row['fcd']:.3f} [n/a] |" in table and "predates bootstrap intervals" in table

@@ -33,12 +33,33 @@ def test_toy_grid_writes_table_plot_and_every_cell(runs, tmp_path):
     for (name, s), c in cells.items():  # classifier found beside the workdir; conditional model: accuracy too
         assert c["nfe"] == s and c["images_per_sec"] > 0 and c["compile_s"] > 0
         assert np.isfinite([c["fcd"], c["kid_classifier"]]).all() and 0 <= c["class_accuracy"] <= 1
+        assert c["num_scored"] == 16 and c["num_boot"] == 200
+        for key in ("fcd", "kid_classifier", "class_accuracy"):  # a 95% interval that holds the estimate
+            lo, hi = c[f"{key}_ci"]
+            assert lo <= c[key] <= hi and lo < hi, (key, c[key], lo, hi)
+    for key in ("fcd", "kid_classifier", "class_accuracy"):
+        lo, hi = study["real_floor"][f"{key}_ci"]
+        assert lo <= study["real_floor"][key] <= hi
     assert study["real_floor"]["count"] == 16 and study["ddpm_variance"] == "fixed_large"
     table = (tmp_path / "sampler_steps_toy.md").read_text()
     assert "16 per cell" in table and "seed 0" in table and "Machine:" in table
     assert table.count("| sampler \\ steps S | 2 | 4 |") == 4  # FCD, KID, accuracy, speed
     assert table.count("| DDIM η = 0 |") == 4 and "| DDPM ancestral (fixed-large σ²) |" in table
     assert json.loads((tmp_path / "sampler_steps_toy.json").read_text())["checkpoint_step"] == 4
+    c = cells["ddim_eta0", 2]  # "value [lo, hi]" in the table, the sample count stated beside the intervals
+    assert f"{c['fcd']:.3f} [{c['fcd_ci'][0]:.3f}, {c['fcd_ci'][1]:.3f}]" in table
+    assert "interval over the 16 scored samples" in table and "[n/a]" not in table
+
+    # an old results file without intervals still renders: values marked [n/a]
+    old = json.loads((tmp_path / "sampler_steps_toy.json").read_text())
+    for record in old["cells"] + [old["real_floor"]]:
+        for key in list(record):
+            if "_ci" in key or key in ("num_scored", "num_boot"):
+                del record[key]
+    (tmp_path / "sampler_steps_toy.json").write_text(json.dumps(old))
+    driver.main(["--preset=toy", "--render_only", f"--results_dir={tmp_path}"])
+    table = (tmp_path / "sampler_steps_toy.md").read_text()
+    assert f"{c['fcd']:.3f} [n/a]" in table and "predates bootstrap intervals" in table and "| **" not in table
 
 
 def test_every_cell_starts_from_the_same_noise(runs):
