@@ -25,6 +25,10 @@ Then:
     python experiments/vae_vs_diffusion.py          # 1,000 samples per model, DDIM 50 steps
     python experiments/vae_vs_diffusion.py --num_samples=10000 --inception_weights=pt_inception.npz  # accelerator
 
+FCD, KID and class accuracy carry bootstrap 95% intervals over the samples (experiments/scoring.py); ``--render_only``
+rewrites the table from the results JSON (one written before intervals shows ``[n/a]``; the sample grid needs the
+samples and is not redrawn).
+
 Pass ``--latent_workdir=""`` (or another model's flag) to leave a model out. Writes
 experiments/results/vae_vs_diffusion.{md,png,json} (``--preset=toy``: vae_vs_diffusion_toy.*).
 """
@@ -53,8 +57,9 @@ from ddpm_jax.pipelines.images import make_grid  # noqa: E402
 from ddpm_jax.tasks.autoencoder import autoencoder_params, sample_vae_prior  # noqa: E402
 from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
 from ddpm_jax.workdir import Workdir  # noqa: E402
-from experiments.scoring import (Scorer, load_run, machine_description, require_workdir, sampling_config,  # noqa: E402
-                                 timed_diffusion_samples)
+from experiments.scoring import (NO_INTERVAL_NOTE, Scorer, format_scores, load_run,  # noqa: E402
+                                 machine_description, require_workdir, samples_note, sampling_config,
+                                 timed_diffusion_samples, with_interval)
 
 log = logging.getLogger("ddpm_jax")
 
@@ -154,8 +159,7 @@ def compare(workdirs: dict, classifier_workdir: str, p: dict, inception_weights:
         task = run.config.get("task", "diffusion")
         out = vae_samples(run, params, p) if task == "autoencoder" else diffusion_samples(run, params, p)
         scores = scorer(out["images"], out["labels"])
-        log.info("%s (%s): %s | %.1f img/s", label, workdir, " | ".join(f"{k} {v:.4g}" for k, v in scores.items()),
-                 out["images_per_sec"])
+        log.info("%s (%s): %s | %.1f img/s", label, workdir, format_scores(scores), out["images_per_sec"])
         grids[name] = out.pop("images")[:p["grid_per_model"]]
         out.pop("labels")
         entries.append({"model": name, "label": label, "workdir": os.path.abspath(workdir), "task": task,
@@ -175,9 +179,9 @@ def write_table(study: dict, path: str) -> None:
               "KID ×10³"] + (["class accuracy"] if has("class_accuracy") else []) + (["FID"] if has("fid") else [])
 
     def metric_cells(r):
-        cells = [f"{r['fcd']:.3f}", f"{1e3 * r['kid_classifier']:.2f}"]
+        cells = [with_interval(r, "fcd"), with_interval(r, "kid_classifier", "{:.2f}", 1e3)]
         if has("class_accuracy"):
-            cells.append(f"{r['class_accuracy']:.3f}" if "class_accuracy" in r else "-")
+            cells.append(with_interval(r, "class_accuracy"))
         if has("fid"):
             cells.append(f"{r['fid']:.2f}" if "fid" in r else "-")
         return cells
@@ -192,6 +196,8 @@ def write_table(study: dict, path: str) -> None:
         "",
         f"Machine: {study['machine']}. img/s: after compilation, batch {p['batch_size']}, latent models including "
         "their decoder.",
+        "",
+        (samples_note(rows[0]) or NO_INTERVAL_NOTE) + " FID: no interval.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -211,7 +217,7 @@ def write_table(study: dict, path: str) -> None:
 def write_grid(study: dict, grids: dict, real: np.ndarray, path: str, ncols: int = 10) -> None:
     """One row block per model (real test images first), each titled with its FCD."""
     blocks = [("real test images", real)] + [
-        (f"{r['label']} — FCD {r['fcd']:.3f}", grids[r["model"]]) for r in study["models"]]
+        (f"{r['label']} — FCD {with_interval(r, 'fcd')}", grids[r["model"]]) for r in study["models"]]
     ncols = min(ncols, max(len(b) for _, b in blocks))
     rows = [-(-len(images) // ncols) for _, images in blocks]
     fig, axes = plt.subplots(len(blocks), 1, figsize=(ncols * 0.8, sum(0.8 * r + 0.4 for r in rows)),
@@ -238,6 +244,8 @@ def main(argv=None):
                         help="classifier for FCD/KID (default: classifier_DATA beside the first workdir)")
     parser.add_argument("--inception_weights", default="", help="FID Inception weights (.npz/.pth) to add FID")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--render_only", action="store_true",
+                        help="rewrite the table from the results JSON of an earlier run (the sample grid is kept)")
     for key, value in PRESETS["default"].items():
         parser.add_argument(f"--{key}", type=type(value), default=None)
     args = parser.parse_args(argv)
@@ -245,9 +253,16 @@ def main(argv=None):
     p = dict(PRESETS[args.preset])
     p.update({k: getattr(args, k) for k in PRESETS["default"] if getattr(args, k) is not None})
     workdirs = {"vae": args.vae_workdir, "pixel": args.pixel_workdir, "latent": args.latent_workdir}
+    stem = os.path.join(args.results_dir, "vae_vs_diffusion_toy" if args.preset == "toy" else "vae_vs_diffusion")
+    if args.render_only:
+        if not os.path.exists(stem + ".json"):
+            raise FileNotFoundError(f"--render_only: no results {stem}.json; run the comparison first")
+        study = json.load(open(stem + ".json"))
+        write_table(study, stem + ".md")
+        log.info("wrote %s.md from %s.json", stem, stem)
+        return study
     study, grids, real = compare(workdirs, args.classifier_workdir, p, args.inception_weights)
     os.makedirs(args.results_dir, exist_ok=True)
-    stem = os.path.join(args.results_dir, "vae_vs_diffusion_toy" if args.preset == "toy" else "vae_vs_diffusion")
     with open(stem + ".json", "w") as fh:
         json.dump(study, fh, indent=2)
     write_table(study, stem + ".md")

@@ -37,6 +37,13 @@ def test_toy_comparison_scores_every_model_alike(runs, tmp_path):
     for r in (vae, pixel, latent):
         assert np.isfinite([r["fcd"], r["kid_classifier"]]).all() and r["images_per_sec"] > 0
         assert r["generator_params"] > 0
+    for r in (vae, pixel, latent, study["real_floor"]):  # 95% intervals that hold the estimates, N stated
+        assert r["num_scored"] == 16
+        for key in ("fcd", "kid_classifier", "class_accuracy"):
+            if key in r:
+                lo, hi = r[f"{key}_ci"]
+                assert lo <= r[key] <= hi and lo < hi, (key, r[key], lo, hi)
+    assert "class_accuracy_ci" not in vae
     # labels apply only to the class-conditional diffusion models
     assert "class_accuracy" not in vae and "class_accuracy" in pixel and "class_accuracy" in latent
     assert pixel["nfe"] == "4 U-Net" and latent["nfe"] == "4 U-Net + 1 decoder pass"
@@ -47,6 +54,18 @@ def test_toy_comparison_scores_every_model_alike(runs, tmp_path):
         assert table.count(label) == 1
     assert json.loads((tmp_path / "vae_vs_diffusion_toy.json").read_text())["data"] == {"name": "digits",
                                                                                          "image_size": 8}
+    assert f"| {latent['fcd']:.3f} [{latent['fcd_ci'][0]:.3f}, {latent['fcd_ci'][1]:.3f}] |" in table
+    assert "interval over the 16 scored samples" in table and "[n/a]" not in table
+
+    # an old results file without intervals still renders: values marked [n/a]
+    old = json.loads((tmp_path / "vae_vs_diffusion_toy.json").read_text())
+    for record in old["models"] + [old["real_floor"]]:
+        for key in [k for k in record if "_ci" in k or k in ("num_scored", "num_boot")]:
+            del record[key]
+    (tmp_path / "vae_vs_diffusion_toy.json").write_text(json.dumps(old))
+    driver.main(["--preset=toy", "--render_only", f"--results_dir={tmp_path}"])
+    table = (tmp_path / "vae_vs_diffusion_toy.md").read_text()
+    assert f"| {latent['fcd']:.3f} [n/a] |" in table and "predates bootstrap intervals" in table
 
 
 def test_a_model_on_other_data_is_refused(runs, tmp_path):
