@@ -12,6 +12,12 @@ counted separately and in the total.
     python experiments/pixel_vs_latent.py                       # CPU-sized: Fashion-MNIST 32x32, 79 min on 2 cores
     python experiments/pixel_vs_latent.py --preset=accelerator  # ch 128, 20 PFLOP per factor, 5,000 samples
 
+Uncertainty: the trainer scores the points along training (no interval); the final point of each factor is sampled
+again exactly as the trainer's last evaluation (same EMA weights, seed, labels and sampler) and gets bootstrap 95%
+intervals of FCD, KID and class accuracy over its ``eval_samples`` samples (experiments/scoring.py), shown in the
+table's final columns and as error bars in the plot. ``--render_only`` redraws from the results JSON (one written
+before intervals shows ``[n/a]``).
+
 Writes experiments/results/pixel_vs_latent.{md,png,json}; runs (autoencoders, classifier, denoisers) go to --workdir
 and are resumed, not redone, when the command is repeated.
 """
@@ -43,6 +49,7 @@ from ddpm_jax.data import load_source, resize_nearest, to_model_range, to_uint8 
 from ddpm_jax.default_config import base_config  # noqa: E402
 from ddpm_jax.evaluation.features import InceptionFeatures  # noqa: E402
 from ddpm_jax.evaluation.fid import frechet_distance  # noqa: E402
+from ddpm_jax.evaluation.quality import SampleQuality  # noqa: E402
 from ddpm_jax.evaluation.statistics import feature_statistics  # noqa: E402
 from ddpm_jax.models.inception import load_inception_params  # noqa: E402
 from ddpm_jax.tasks import build_run, load_trained  # noqa: E402
@@ -50,6 +57,8 @@ from ddpm_jax.training import loop  # noqa: E402
 from ddpm_jax.training.logging import run_cli, setup_logging  # noqa: E402
 from ddpm_jax.training.optim import make_optimizer  # noqa: E402
 from ddpm_jax.training.steps import make_train_step  # noqa: E402
+from experiments.scoring import (NO_INTERVAL_NOTE, format_scores, interval, samples_note,  # noqa: E402
+                                 score_with_intervals, with_interval)
 
 log = logging.getLogger("ddpm_jax")
 
@@ -175,6 +184,25 @@ def inception_fid(run, params, weights: str, num: int) -> float:
     return float(frechet_distance(*fake_stats, *real_stats))
 
 
+def final_scores(config, run, params) -> dict:
+    """The trainer's last evaluation redone (its SampleQuality: the same EMA weights, seed, labels, sampler and
+    reference features) with bootstrap 95% intervals over its samples."""
+    quality = SampleQuality.from_config(config, run)
+    labels = quality.labels if run.model.num_classes else None
+    x, _, _ = run.task.generate(run, params, jax.random.key(quality.seed), quality.num_samples, labels,
+                                sampling_config=quality.sampling, sample_fn=quality.sample_fn)
+    return score_with_intervals(quality.features, to_uint8(run.to_pixels(x)), quality.ref_stats,
+                                quality.ref_features, quality.labels if quality.class_labels else None)
+
+
+def final_record(r: dict) -> dict:
+    """The final scores of one factor: the re-scored ones with intervals, or (older results) the trainer's last."""
+    if r.get("final"):
+        return r["final"]
+    e = r["evals"][-1]
+    return {"fcd": e["fcd"], "kid_classifier": e["kid"], "class_accuracy": e.get("accuracy")}
+
+
 def train_to_end(config, workdir: str):
     """Train (or resume) a run and return its final state; stop the study if the trainer stopped early (SIGTERM: it
     saved, rerun to resume)."""
@@ -242,7 +270,9 @@ def run_study(p: dict, workdir: str, classifier_workdir: str = "", inception_wei
                   "total_tflop": (r["step"] * flops_step + ae_flops) / 1e12,
                   "fcd": r["eval/fcd"], "kid": r["eval/kid_classifier"], "accuracy": r.get("eval/class_accuracy")}
                  for r in records if "eval/fcd" in r]
-        entry = {"f": f, "latent_shape": list(run.image_shape), "denoiser_params": n_params,
+        final = final_scores(cfg, run, params)
+        log.info("f=%d final: %s", f, format_scores(final))
+        entry = {"f": f, "latent_shape": list(run.image_shape), "denoiser_params": n_params, "final": final,
                  "gflop_per_step": flops_step / 1e9, "steps": steps, "batch_size": cfg.training.batch_size,
                  "train_images_per_sec": float(np.median(rates)) if rates else float("nan"),
                  "train_wall_s": wall, "sample_images_per_sec": sampling_rate(run, params),
@@ -271,6 +301,9 @@ def write_table(study: dict, path: str) -> None:
         f"accuracy: the classifier recognises the requested class). Autoencoders: ch {p['ae_ch']}, "
         f"{p['ae_steps']} steps of batch {p['ae_batch_size']}, L1 + 1e-6 KL.",
         "",
+        (samples_note(rows[0].get("final")) or NO_INTERVAL_NOTE) + " Along training: no intervals (scored by the "
+        "trainer); final: the last evaluation re-sampled identically with intervals.",
+        "",
         "| f | model input | denoiser params | GFLOP/step | steps | train img/s | sample img/s | AE params | "
         "AE PSNR (dB) | AE TFLOP (train + encode) | total TFLOP | FCD along training | final FCD | final KID x1e3 | "
         "final accuracy |" + (" FID |" if any("fid" in r for r in rows) else ""),
@@ -283,13 +316,14 @@ def write_table(study: dict, path: str) -> None:
         along = " / ".join(f"{e['fcd']:.2f}" for e in r["evals"])
         ae_params = f"{ae['params']:,}" if ae else "-"
         ae_psnr = f"{ae['psnr']:.2f}" if ae else "-"
-        acc = f"{final['accuracy']:.3f}" if final.get("accuracy") is not None else "-"
+        fin = final_record(r)
         lines.append(
             f"| {r['f']} | {'x'.join(map(str, r['latent_shape']))} | {r['denoiser_params']:,} | "
             f"{r['gflop_per_step']:.2f} | {r['steps']} | {r['train_images_per_sec']:.1f} | "
             f"{r['sample_images_per_sec']:.1f} | {ae_params} | "
             f"{ae_psnr} | {ae_tflop:.3g} | {final['total_tflop']:.3g} | {along} | "
-            f"{final['fcd']:.2f} | {1e3 * final['kid']:.2f} | {acc} |"
+            f"{with_interval(fin, 'fcd', '{:.2f}')} | {with_interval(fin, 'kid_classifier', '{:.2f}', 1e3)} | "
+            f"{with_interval(fin, 'class_accuracy')} |"
             + (f" {r['fid']:.2f} |" if "fid" in r else ""))
     lines += ["", "FCD along training: at " + ", ".join(f"{(i + 1)}/{p['num_evals']}" for i in range(p['num_evals']))
               + " of the budget. Image rates are medians over the run on this machine (training) and one timed call "
@@ -307,10 +341,18 @@ def write_plot(study: dict, path: str) -> None:
         if r["autoencoder"]:
             ax.plot([e["denoiser_tflop"] for e in r["evals"]], [e["fcd"] for e in r["evals"]], ls=":",
                     color=line.get_color(), alpha=0.6)
+        fin = final_record(r)
+        ci = interval(fin, "fcd")
+        if ci is not None:  # the final point's bootstrap 95% interval (lower end kept above 0 on the log axis)
+            ax.errorbar([x[-1]], [fin["fcd"]], yerr=[[fin["fcd"] - max(ci[0], 1e-3 * fin["fcd"])],
+                                                     [ci[1] - fin["fcd"]]], color=line.get_color(), capsize=4)
     ax.set_xlabel("training compute (TFLOP; solid: incl. autoencoder, dotted: denoiser only)")
     ax.set_ylabel("FCD (lower is better)")
     ax.set_yscale("log")
-    ax.set_title(f"Pixel vs latent diffusion, {study['preset']['data']} {study['preset']['image_size']}px")
+    has_ci = any(interval(final_record(r), "fcd") is not None for r in study["results"])
+    ax.set_title(f"Pixel vs latent diffusion, {study['preset']['data']} {study['preset']['image_size']}px"
+                 + (f"\nbar: final point's bootstrap 95% interval, {study['preset']['eval_samples']} samples"
+                    if has_ci else "\nno intervals (run before intervals)"), fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -326,17 +368,24 @@ def main(argv=None):
     parser.add_argument("--classifier_workdir", default="",
                         help="a trained classifier workdir for FCD (default: trained into WORKDIR/classifier)")
     parser.add_argument("--inception_weights", default="", help="FID Inception weights (.npz/.pth) to add FID")
+    parser.add_argument("--render_only", action="store_true",
+                        help="rewrite the table and plot from the results JSON of an earlier run (no training)")
     for key, value in PRESETS["cpu"].items():  # every preset value can be overridden
         parser.add_argument(f"--{key}", type=type(value), default=None)
     args = parser.parse_args(argv)
     setup_logging()
     p = dict(PRESETS[args.preset])
     p.update({k: getattr(args, k) for k in PRESETS["cpu"] if getattr(args, k) is not None})
-    study = run_study(p, args.workdir, args.classifier_workdir, args.inception_weights)
-    os.makedirs(args.results_dir, exist_ok=True)
     stem = os.path.join(args.results_dir, "pixel_vs_latent" if args.preset != "toy" else "pixel_vs_latent_toy")
-    with open(stem + ".json", "w") as fh:
-        json.dump(study, fh, indent=2)
+    if args.render_only:
+        if not os.path.exists(stem + ".json"):
+            raise FileNotFoundError(f"--render_only: no results {stem}.json; run the study first")
+        study = json.load(open(stem + ".json"))
+    else:
+        study = run_study(p, args.workdir, args.classifier_workdir, args.inception_weights)
+        os.makedirs(args.results_dir, exist_ok=True)
+        with open(stem + ".json", "w") as fh:
+            json.dump(study, fh, indent=2)
     write_table(study, stem + ".md")
     write_plot(study, stem + ".png")
     log.info("wrote %s.md, %s.png and %s.json", stem, stem, stem)

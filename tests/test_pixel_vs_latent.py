@@ -36,6 +36,12 @@ def test_toy_study_writes_table_plot_and_equal_compute_runs(tmp_path):
             r["gflop_per_step"] * 1e9
         assert len(r["evals"]) == study["preset"]["num_evals"]
         assert r["train_images_per_sec"] > 0 and r["sample_images_per_sec"] > 0
+        final = r["final"]  # the trainer's last evaluation redone identically, with 95% intervals over its samples
+        assert final["num_scored"] == study["preset"]["eval_samples"]
+        assert abs(final["fcd"] - r["evals"][-1]["fcd"]) <= 1e-3 * max(1.0, r["evals"][-1]["fcd"])
+        for key in ("fcd", "kid_classifier", "class_accuracy"):
+            lo, hi = final[f"{key}_ci"]
+            assert lo <= final[key] <= hi and lo < hi, (key, final[key], lo, hi)
     assert latent["gflop_per_step"] < pixel["gflop_per_step"] and latent["steps"] > pixel["steps"]
     ae = latent["autoencoder"]
     assert ae["train_flops"] > 0 and ae["encode_dataset_flops"] > 0 and ae["psnr"] > 0
@@ -46,3 +52,15 @@ def test_toy_study_writes_table_plot_and_equal_compute_runs(tmp_path):
     table = (results / "pixel_vs_latent_toy.md").read_text()
     assert table.count("\n| 1 |") == 1 and table.count("\n| 2 |") == 1
     assert json.loads((results / "pixel_vs_latent_toy.json").read_text())["results"][1]["f"] == 2
+    final = latent["final"]
+    assert f"| {final['fcd']:.2f} [{final['fcd_ci'][0]:.2f}, {final['fcd_ci'][1]:.2f}] |" in table
+    assert "interval over the 20 scored samples" in table
+
+    # an old results file without intervals (no "final" record) still renders: values marked [n/a]
+    old = json.loads((results / "pixel_vs_latent_toy.json").read_text())
+    for r in old["results"]:
+        del r["final"]
+    (results / "pixel_vs_latent_toy.json").write_text(json.dumps(old))
+    driver.main(["--preset=toy", "--render_only", f"--results_dir={results}"])
+    table = (results / "pixel_vs_latent_toy.md").read_text()
+    assert f"| {latent['evals'][-1]['fcd']:.2f} [n/a] |" in table and "predates bootstrap intervals" in table
