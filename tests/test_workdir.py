@@ -99,18 +99,20 @@ def test_safe_changes_are_appended_to_the_history_and_the_record_is_kept(trained
 
 def test_a_second_trainer_is_refused_while_the_first_runs(tmp_path):
     wd = str(tmp_path / "wd")
-    first = subprocess.Popen([sys.executable, "-m", "ddpm_jax.main", f"--config={CONFIG}", f"--workdir={wd}",
-                              "--config.training.num_steps=100000", "--config.training.checkpoint_every=1000"],
-                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [f"--config={CONFIG}", f"--workdir={wd}", "--config.training.num_steps=100000",
+            "--config.training.checkpoint_every=1000"]
+    first = subprocess.Popen([sys.executable, "-m", "ddpm_jax.main", *args], cwd=ROOT, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not os.path.exists(os.path.join(wd, "lock.json")) and time.time() < deadline:
             time.sleep(0.1)
         assert first.poll() is None
         t0 = time.time()
-        line = error_line(train(wd, "--config.seed=1"))
+        line = error_line(cli(*args))  # the very same command a second time
         assert f"pid {first.pid}" in line and "one trainer per workdir" in line
         assert time.time() - t0 < 60
+        assert "seed" in error_line(cli(*args, "--config.seed=1"))  # another seed is another run: refused too
         assert first.poll() is None  # the first one goes on
     finally:
         first.send_signal(signal.SIGKILL)
