@@ -20,6 +20,9 @@ Pareto curves (quality vs alignment, one curve per model over w) show which axis
     python experiments/text_encoder_vs_unet.py --preset=toy         # seconds-sized, for the tests
     python experiments/text_encoder_vs_unet.py --render_only        # redraw table + plot from the results JSON
 
+FCD, KID and class accuracy carry bootstrap 95% intervals over the samples of each (model, w)
+(experiments/scoring.py: ``score_with_intervals``); results written before intervals render with ``[n/a]``.
+
 Writes experiments/results/text_encoder_vs_unet{,_toy}.{md,png,json}; runs (classifier, CLIP, denoisers) go to
 --workdir and are resumed, not redone, when the command is repeated.
 """
@@ -49,14 +52,15 @@ from ddpm_jax.data import load_source, resize_nearest, to_model_range, to_uint8 
 from ddpm_jax.evaluation.features import InceptionFeatures  # noqa: E402
 from ddpm_jax.evaluation.fid import frechet_distance  # noqa: E402
 from ddpm_jax.evaluation.quality import (classifier_features_from_workdir, clip_score_of,  # noqa: E402
-                                         load_domain_clip, score_images)
+                                         load_domain_clip)
 from ddpm_jax.evaluation.statistics import feature_statistics  # noqa: E402
 from ddpm_jax.models.inception import load_inception_params  # noqa: E402
 from ddpm_jax.tasks import load_trained  # noqa: E402
 from ddpm_jax.tasks.text import prompts_for_grid  # noqa: E402
 from ddpm_jax.training import loop  # noqa: E402
 from ddpm_jax.training.logging import setup_logging  # noqa: E402
-from experiments.scoring import machine_description  # noqa: E402
+from experiments.scoring import (NO_INTERVAL_NOTE, format_scores, machine_description, samples_note,  # noqa: E402
+                                 score_with_intervals, with_interval, yerr)
 
 log = logging.getLogger("ddpm_jax")
 
@@ -228,14 +232,13 @@ def evaluate_model(config, workdir: str, guidance: list, num: int, features, ref
         x, labels, _ = run.task.generate(run, params, jax.random.key(config.seed + SAMPLE_SEED_OFFSET), num,
                                          guidance_scale=w)
         images = to_uint8(run.to_pixels(x))
-        scores = score_images(features, images, ref_stats, ref_features, labels)
+        scores = score_with_intervals(features, images, ref_stats, ref_features, labels)
         scores.update(clip_score_of(clip, images, prompts))
         if inception_weights:
             scores["fid"] = inception_fid_of(images, real, inception_weights)
         scores.update(guidance=w, sample_seconds=time.perf_counter() - t0)
         rows.append(scores)
-        log.info("%s w=%g: FCD %.3f, class acc. %.3f, CLIP score %.2f", os.path.basename(workdir), w,
-                 scores["fcd"], scores["class_accuracy"], scores["clip_score"])
+        log.info("%s w=%g: %s", os.path.basename(workdir), w, format_scores(scores))
     return rows
 
 
@@ -283,6 +286,8 @@ def write_table(study: dict, path: str) -> None:
     lines = [f"# Text encoder vs U-Net size ({p['data']} {p['image_size']}x{p['image_size']}, {space}, {p['steps']} "
              f"steps of batch {p['batch_size']}, {p['eval_samples']} samples per weight, DDIM {p['eval_steps']} "
              "steps)", "",
+             (samples_note(study["results"][0]["evals"][0]) or NO_INTERVAL_NOTE) + " CLIP score and FID: no "
+             "interval.", "",
              "Quality: FCD (Frechet distance in the features of the classifier of "
              f"`{os.path.basename(study['classifier_workdir'])}`, lower is better)" + (", FID" if fid else "") +
              f". Alignment: class accuracy of the requested class (chance {study['chance_accuracy']:.2f}) and CLIP score (domain CLIP, "
@@ -295,8 +300,9 @@ def write_table(study: dict, path: str) -> None:
         for e in r["evals"]:
             lines.append(f"| {r['group']} | {r['name']} | {r['encoder']} | {r['encoder_layers']} | "
                          f"{'yes' if r['encoder_random'] else 'no'} | {r['ch']} | {r['unet_params']:,} | "
-                         f"{r['train_seconds']:.0f} | {e['guidance']:g} | {e['fcd']:.3f} |" + (f" {e['fid']:.2f} |" if fid else "") +
-                         f" {e['class_accuracy']:.3f} | {e['clip_score']:.2f} |")
+                         f"{r['train_seconds']:.0f} | {e['guidance']:g} | {with_interval(e, 'fcd')} |"
+                         + (f" {e['fid']:.2f} |" if fid else "")
+                         + f" {with_interval(e, 'class_accuracy')} | {e['clip_score']:.2f} |")
     lines += ["", f"Every (model, w) samples the same {p['eval_samples']} initial noises (jax.random.key(config.seed + "
               f"{study.get('sample_seed', SAMPLE_SEED_OFFSET)}), prompts cycling over the classes); models trained "
               "from seed 0. w = 0 is the unconditional model, w = 1 the conditional one. `train s` is wall-clock "
@@ -312,7 +318,7 @@ def write_plot(study: dict, path: str) -> None:
         for r in (r for r in study["results"] if r["group"] == group):
             x = [e["clip_score"] for e in r["evals"]]
             y = [e["fcd"] for e in r["evals"]]
-            ax.plot(x, y, "o-", label=r["name"])
+            ax.errorbar(x, y, yerr=yerr(r["evals"], "fcd"), fmt="o-", capsize=3, label=r["name"])
             for e, xi, yi in zip(r["evals"], x, y):
                 ax.annotate(f"{e['guidance']:g}", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("CLIP score (domain CLIP)")
@@ -327,15 +333,18 @@ def write_plot(study: dict, path: str) -> None:
         if r["name"] in seen:
             continue
         seen.add(r["name"])
-        axes[2].plot([e["guidance"] for e in r["evals"]], [e["class_accuracy"] for e in r["evals"]], "o-",
-                     label=r["name"])
+        axes[2].errorbar([e["guidance"] for e in r["evals"]], [e["class_accuracy"] for e in r["evals"]],
+                         yerr=yerr(r["evals"], "class_accuracy"), fmt="o-", capsize=3, label=r["name"])
     axes[2].axhline(study["chance_accuracy"], color="gray", ls="--", lw=1, label="chance")
     axes[2].set_xlabel("guidance weight w")
     axes[2].set_ylabel("class accuracy of the requested class")
     axes[2].set_ylim(0, 1)
     axes[2].set_title("prompt alignment vs guidance")
     axes[2].legend(fontsize=8)
-    fig.suptitle("Quality vs alignment over guidance weights w (point labels)")
+    has_ci = yerr(study["results"][0]["evals"], "fcd") is not None
+    fig.suptitle("Quality vs alignment over guidance weights w (point labels); "
+                 + (f"bars: bootstrap 95% intervals over {study['preset']['eval_samples']} samples" if has_ci
+                    else "no intervals (run before intervals)"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -63,7 +63,25 @@ def test_toy_study_writes_table_plot_and_json(tmp_path, tiny_encoder_path, monke
         assert [e["guidance"] for e in r["evals"]] == [1.0, 3.0]
         for e in r["evals"]:
             assert e["fcd"] >= 0 and 0 <= e["class_accuracy"] <= 1 and 0 <= e["clip_score"] <= 100
+            assert e["num_scored"] == 20  # 95% intervals over the 20 samples that hold the estimates
+            for key in ("fcd", "kid_classifier", "class_accuracy"):
+                lo, hi = e[f"{key}_ci"]
+                assert lo <= e[key] <= hi and lo < hi, (key, e[key], lo, hi)
     assert study["results"][3]["unet_params"] > study["results"][2]["unet_params"]
     table = (results / "text_encoder_vs_unet_toy.md").read_text()
     assert table.count("| encoder | random1-ch8 |") == 2
     assert json.loads((results / "text_encoder_vs_unet_toy.json").read_text())["results"][1]["encoder_random"]
+    e = study["results"][1]["evals"][0]
+    assert f"| {e['fcd']:.3f} [{e['fcd_ci'][0]:.3f}, {e['fcd_ci'][1]:.3f}] |" in table
+    assert "interval over the 20 scored samples" in table and "[n/a]" not in table
+
+    # an old results file without intervals still renders: values marked [n/a]
+    old = json.loads((results / "text_encoder_vs_unet_toy.json").read_text())
+    for r in old["results"]:
+        for record in r["evals"]:
+            for key in [k for k in record if "_ci" in k or k in ("num_scored", "num_boot")]:
+                del record[key]
+    (results / "text_encoder_vs_unet_toy.json").write_text(json.dumps(old))
+    driver.main(["--preset=toy", "--render_only", f"--results_dir={results}"])
+    table = (results / "text_encoder_vs_unet_toy.md").read_text()
+    assert f"| {e['fcd']:.3f} [n/a] |" in table and "predates bootstrap intervals" in table
