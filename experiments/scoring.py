@@ -24,6 +24,11 @@ for the N-sample score (its finite-N bias included), so compare models at equal 
 class accuracy the two intervals nearly coincide (clipped to [0, 1]; FD's lower end to 0). KID replicates use one
 fixed reference subset and kernel matrices computed once (the subset-averaged KID of ``score_images`` stays the
 estimate), which makes 200 resamples take about a second for 500 samples instead of a minute.
+
+Checked on real digits (disjoint 250-image subsets of the training split against a fixed other part): the 95% range
+of FCD over 40 subsets was about 1.5x narrower than one subset's interval, so the intervals err on the wide side.
+A class accuracy of exactly 1 (or 0) gets the degenerate interval [1, 1]: every resample agrees; the rule of three
+bounds it at 1 - 3/N (0.994 at N = 500).
 """
 from __future__ import annotations
 
