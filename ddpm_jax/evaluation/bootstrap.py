@@ -1,9 +1,9 @@
-"""Uncertainty of sample-quality numbers: percentile-bootstrap 95% intervals over the generated samples.
+"""Uncertainty of sample-quality numbers: bootstrap 95% intervals over the generated samples.
 
 A score computed from N samples (Fréchet distance, KID, class accuracy) is itself a random variable: another N
 samples from the same model give another number. Resampling the N samples' features with replacement B times and
-recomputing the score gives its sampling distribution; the 2.5th and 97.5th percentiles are the interval (Efron &
-Tibshirani 1993, ch. 13). The reference statistics (the training data) are held fixed. Two models' numbers are a
+recomputing the score gives its sampling distribution; the 2.5th and 97.5th percentiles, centred on the estimate
+(see :func:`bootstrap`), are the interval (Efron & Tibshirani 1993, ch. 13). The reference statistics (the training data) are held fixed. Two models' numbers are a
 finding only where their intervals do not overlap (:func:`separated`); overlapping intervals say "not resolved at
 this N", which is what a 0.03 FCD difference on 500 samples usually is.
 """
@@ -31,14 +31,24 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> Interval:
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], num: int, num_boot: int = 200, seed: int = 0,
-              level: float = 0.95) -> Interval:
-    """Interval of ``statistic(indices)`` over ``num_boot`` resamples of ``range(num)`` with replacement."""
+              level: float = 0.95, centered: bool = True) -> Interval:
+    """Interval of ``statistic(indices)`` over ``num_boot`` resamples of ``range(num)`` with replacement.
+
+    ``centered``: the percentile interval moved so that the replicates' median sits on the estimate itself,
+    statistic(range(num)). Fréchet distance and KID are biased upward at small N, and a resample (with duplicates)
+    is biased further, so the plain percentile interval can miss the estimate entirely (64-d features, N = 180:
+    estimate 0.93, percentile interval [1.17, 4.73]); its width is what measures the sampling spread."""
     if num < 2:
         raise ValueError(f"a bootstrap needs at least 2 samples, got {num}")
     if num_boot < 2:
         raise ValueError(f"num_boot must be >= 2, got {num_boot}")
     rng = np.random.default_rng(seed)
-    return percentile_interval(np.array([statistic(rng.integers(0, num, num)) for _ in range(num_boot)]), level)
+    replicates = np.array([statistic(rng.integers(0, num, num)) for _ in range(num_boot)])
+    lo, hi = percentile_interval(replicates, level)
+    if not centered:
+        return lo, hi
+    shift = statistic(np.arange(num)) - float(np.median(replicates))
+    return lo + shift, hi + shift
 
 
 def sample_quality_intervals(features: np.ndarray, ref_stats: Tuple[np.ndarray, np.ndarray],
@@ -59,7 +69,8 @@ def sample_quality_intervals(features: np.ndarray, ref_stats: Tuple[np.ndarray, 
         def fd(idx):
             return frechet_distance(*feature_statistics(features[idx]), *ref_stats)
 
-        out["fd"] = bootstrap(fd, n, num_boot, seed, level)
+        lo, hi = bootstrap(fd, n, num_boot, seed, level)
+        out["fd"] = (max(lo, 0.0), hi)  # a distance
         if ref_features is not None:
             ref = np.asarray(ref_features, np.float64)
             size = min(kid_subset, n, len(ref))
@@ -73,7 +84,8 @@ def sample_quality_intervals(features: np.ndarray, ref_stats: Tuple[np.ndarray, 
         correct = np.asarray(correct, np.float64)
         if correct.shape != (n,):
             raise ValueError(f"correct must have one 0/1 entry per sample ({n}), got {correct.shape}")
-        out["accuracy"] = bootstrap(lambda idx: float(np.mean(correct[idx])), n, num_boot, seed, level)
+        lo, hi = bootstrap(lambda idx: float(np.mean(correct[idx])), n, num_boot, seed, level)
+        out["accuracy"] = (max(lo, 0.0), min(hi, 1.0))
     return out
 
 
