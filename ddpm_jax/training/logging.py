@@ -95,8 +95,10 @@ def run_cli(fn) -> None:
         if os.environ.get("DDPM_JAX_DEBUG"):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
+        stderr = os.dup(2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # background writer threads' last words do not follow it
+        os.write(stderr, f"error: {type(e).__name__}: {message}\n".encode())
         logging.shutdown()
         os._exit(1)

@@ -22,7 +22,7 @@ from ddpm_jax.training.logging import MetricWriter, Progress
 from ddpm_jax.training.optim import make_optimizer
 from ddpm_jax.training.state import TrainState, create_train_state
 from ddpm_jax.training.steps import make_train_step
-from ddpm_jax.workdir import Checkpointer, Workdir, WorkdirLockedError
+from ddpm_jax.workdir import Checkpointer, CheckpointSaveError, Workdir, WorkdirLockedError
 
 log = logging.getLogger("ddpm_jax")
 
@@ -174,6 +174,7 @@ def _train(config, wd: Workdir, main_process: bool) -> TrainState:
         run.task.check_or_write_records(run, wd.path)
     checkpointer = wd.checkpointer(t.keep_checkpoints, t.async_checkpointing)
     writer = MetricWriter(wd.path, enabled=main_process)
+    write_failed = False
     try:
         state, state_shardings = restore_or_init(setup, checkpointer)
         start = int(jax.device_get(state.step))
@@ -191,9 +192,15 @@ def _train(config, wd: Workdir, main_process: bool) -> TrainState:
                 finish(run, state, wd, writer, main_process)
             return state
         state = _loop(setup, state, state_shardings, checkpointer, writer, wd, main_process, start)
+    except CheckpointSaveError:
+        write_failed = True
+        raise
     finally:
         writer.close()
-        checkpointer.close()
+        if write_failed:
+            checkpointer.abandon()
+        else:
+            checkpointer.close()
     return state
 
 

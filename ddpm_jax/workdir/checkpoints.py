@@ -34,9 +34,17 @@ class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (disk full, read-only or vanished folder)."""
 
 
+OS_ERRORS = ("No space left on device", "Read-only file system", "Disk quota exceeded", "Permission denied",
+             "No such file or directory")
+
+
 def _first_line(error: Exception) -> str:
+    """The first line of an error, led by the operating-system reason when one is named anywhere in it (TensorStore
+    wraps ENOSPC as RESOURCE_EXHAUSTED with the reason at the end of a long message)."""
     text = str(error).strip()
-    return text.splitlines()[0][:300] if text else ""
+    first = text.splitlines()[0][:240] if text else ""
+    reason = next((r for r in OS_ERRORS if r in text), None)
+    return f"{reason} ({first})" if reason else first
 
 
 def _all_finite(tree: Any) -> bool:
@@ -132,6 +140,11 @@ class Checkpointer:
             self.wait()
         finally:
             self.manager.close()
+
+    def abandon(self):
+        """After a failed write: stop without waiting on or closing the writer (closing it makes its pending callbacks
+        print tracebacks from background threads); the process is about to exit with one error line."""
+        self.manager = None
 
     def _quarantine(self, step: int, error: Exception):
         src = os.path.join(self.directory, str(step))
