@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Dict, Optional
 
+from ddpm_jax.workdir import CheckpointSaveError
+
 log = logging.getLogger("ddpm_jax")
 
 
@@ -99,6 +101,8 @@ def run_cli(fn) -> None:
         sys.stderr.flush()
         stderr = os.dup(2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # background writer threads' last words do not follow it
-        os.write(stderr, f"error: {type(e).__name__}: {message}\n".encode())
+        # after a failed checkpoint write, background threads may have left a partial traceback line: start afresh
+        fresh = "\n" if isinstance(e, CheckpointSaveError) else ""
+        os.write(stderr, f"{fresh}error: {type(e).__name__}: {message}\n".encode())
         logging.shutdown()
         os._exit(1)
