@@ -25,5 +25,8 @@ def get_task(name: str):
     if name not in _FACTORIES:
         raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
     task = _FACTORIES[name]()
-    task.name = name
+    part = task
+    while part is not None:  # the wrapped tasks answer with the registered name too (e.g. in error messages)
+        part.name = name
+        part = part.__dict__.get("inner")
     return task
