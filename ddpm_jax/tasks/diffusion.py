@@ -15,7 +15,7 @@ import numpy as np
 from ddpm_jax import diffusion
 from ddpm_jax.data import to_uint8
 from ddpm_jax.models.build import denoiser_from_config
-from ddpm_jax.tasks import sampling
+from ddpm_jax.tasks.sampling import default_labels, generate, make_sample_fn
 from ddpm_jax.tasks.base import Run, Samples, Task
 
 
@@ -29,7 +29,7 @@ def drop_labels(key: jax.Array, labels: jnp.ndarray, null_label: int, prob: floa
 def check_labels(labels, num_classes: Optional[int], num: int) -> np.ndarray:
     """``num`` class labels (cycled from ``labels``) within [0, num_classes); None -> 0, 1, ..., K-1, 0, ..."""
     if labels is None or len(labels) == 0:
-        return sampling.default_labels(num, num_classes)
+        return default_labels(num, num_classes)
     labels = np.resize(np.asarray(labels, np.int64), num)
     if not num_classes:
         raise ValueError("class labels were given but this model is unconditional (model.class_conditional=False)")
@@ -120,7 +120,7 @@ class DiffusionTask(Task):
 
     def make_sample_fn(self, run: Run, sampling_config=None, guidance_scale: Optional[float] = None):
         s = sampling_config or run.config.sampling
-        return sampling.make_sample_fn(run.model, run.schedule, s, run.config.diffusion.prediction_type,
+        return make_sample_fn(run.model, run.schedule, s, run.config.diffusion.prediction_type,
                                        run.task.null_condition(run), guidance_scale, run.task.cond_transform(run, s))
 
     def generate(self, run: Run, params, key: jax.Array, num: int, labels=None, prompts=None, low_res=None,
@@ -131,7 +131,7 @@ class DiffusionTask(Task):
         if sample_fn is None and sampling_config is None and guidance_scale is None:  # the run's own sampler: compile once
             sample_fn = run.extras.get("sample_fn") or run.extras.setdefault("sample_fn", self.make_sample_fn(run))
         fn = sample_fn or self.make_sample_fn(run, s, guidance_scale)
-        x = sampling.generate(fn, params, key, num, run.image_shape, min(s.batch_size, num), cond)
+        x = generate(fn, params, key, num, run.image_shape, min(s.batch_size, num), cond)
         return x, labels, ncols
 
     def sample_grid(self, run: Run, params, key, num: int) -> Samples:
