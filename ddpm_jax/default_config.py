@@ -29,12 +29,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 1
     c.model.class_conditional = False
     c.model.dtype = "float32"         # compute dtype; bfloat16: mixed precision (params, Adam state, loss stay float32)
+    c.model.dit = ml_collections.ConfigDict()  # model.backbone = "dit" (Peebles & Xie 2023; ddpm_jax/models/dit.py)
+    c.model.dit.size = ""             # S | B | L | XL: the paper's width/depth/heads (override the three below); "" = below
+    c.model.dit.hidden_size = 128
+    c.model.dit.depth = 4
+    c.model.dit.num_heads = 4
+    c.model.dit.patch_size = 2        # 2 | 4 | 8 (image_size must be divisible by it)
+    c.model.dit.mlp_ratio = 4.0
+    c.model.dit.learn_sigma = False   # 2C output channels as the paper's DiT (the extra C are not trained by L_simple)
 
     c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.process = "ddpm"      # ddpm (discrete VP) | flow (rectified flow) | edm (Karras et al. 2022); README
     c.diffusion.schedule = "linear"   # linear | cosine | scaled_linear (ddpm_jax.diffusion.register_schedule adds more)
     c.diffusion.num_timesteps = 1000
     c.diffusion.prediction_type = "eps"  # eps | x0 | v
     c.diffusion.loss_weighting = "none"  # none (L_simple) | min_snr
+    # process = flow: x_t = (1 - t) x0 + t eps, the network predicts the velocity eps - x0 (or x0; loss on velocity)
+    c.diffusion.flow_prediction = "v"  # v | x0
+    c.diffusion.flow_time = "uniform"  # training t: uniform | logit_normal (SD3, Esser et al. 2024)
+    c.diffusion.flow_logit_mean = 0.0
+    c.diffusion.flow_logit_std = 1.0
+    # process = edm: x = x0 + sigma eps, D = c_skip x + c_out F(c_in x, ln(sigma) / 4); EDM Table 1 defaults
+    c.diffusion.edm_sigma_data = 0.5
+    c.diffusion.edm_p_mean = -1.2     # training ln(sigma) ~ N(p_mean, p_std^2)
+    c.diffusion.edm_p_std = 1.2
+    c.diffusion.edm_sigma_min = 0.002
+    c.diffusion.edm_sigma_max = 80.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-4
@@ -60,13 +80,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.grad_accum_steps = 1   # micro-batches per optimizer step (batch_size / k each, gradients averaged)
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver_pp_2m
+    c.sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver_pp_2m | euler | heun | euler_maruyama (README, Samplers)
     c.sampling.num_steps = 50         # 0: the sampler's default (ddpm: all T steps)
     c.sampling.eta = 0.0
     c.sampling.spacing = ""           # timestep spacing of a respaced chain: leading | trailing | linspace; "": the sampler's
     c.sampling.final_alpha_cumprod = None  # ddim: alpha-bar of the last step's target; "first" = diffusers'
     #                                   set_alpha_to_one=False (Stable Diffusion); None = 1 (the clean end)
     c.sampling.variance = "fixed_small"
+    c.sampling.rho = 7.0              # euler/heun/euler_maruyama on edm (and ddpm): Karras et al. rho-spacing of sigma
+    c.sampling.shift = 1.0            # euler/heun/euler_maruyama on flow: t -> shift t / (1 + (shift - 1) t) (SD3)
+    c.sampling.s_churn = 0.0          # heun: EDM Algorithm 2 stochasticity (0 = deterministic ODE)
+    c.sampling.s_tmin = 0.0
+    c.sampling.s_tmax = float("inf")
+    c.sampling.s_noise = 1.0
     c.sampling.clip_x0 = 1.0          # clip x0 estimates to [-1, 1]; None to disable
     c.sampling.dynamic_threshold = ml_collections.config_dict.placeholder(float)  # e.g. 0.995 (Imagen)
     c.sampling.guidance_scale = 1.0

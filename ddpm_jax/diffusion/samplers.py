@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.diffusion import solvers
 from ddpm_jax.diffusion.process import _bcast, posterior_mean_variance, prediction_to_x0_eps, x0_to_eps
 from ddpm_jax.diffusion.schedules import Schedule, respace_timesteps
 
@@ -247,5 +248,8 @@ def sample(denoise, schedule, x_T, key, sampler: str = "ddim", **kwargs):
 
 
 def num_function_evaluations(sampler: str, num_steps: Optional[int], num_timesteps: int) -> int:
-    """Network calls per sampling run (classifier-free guidance doubles each call's batch, not the count)."""
+    """Network calls per sampling run (classifier-free guidance doubles each call's batch, not the count); the ODE/SDE
+    solvers of :mod:`ddpm_jax.diffusion.solvers` included (heun: 2N - 1)."""
+    if sampler in solvers.SOLVERS:
+        return solvers.num_function_evaluations(sampler, num_steps or solvers.DEFAULT_STEPS[sampler])
     return num_steps or (num_timesteps if sampler == "ddpm" else {"ddim": 50, "dpm_solver_pp_2m": 20}[sampler])

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.diffusion.processes import make_process
 from ddpm_jax.data import load_source, make_pipeline, resize_nearest, to_model_range
 
 # loss_fn(params, batch, key, step) -> (scalar loss, auxiliary metrics); step is the optimizer step.
@@ -28,10 +29,15 @@ class Run:
     source: Any
     model: Any
     image_shape: tuple               # what the model sees: pixels, or latents for latent diffusion
-    schedule: Any = None             # diffusion.Schedule for denoising tasks
+    schedule: Any = None             # diffusion.Schedule for denoising tasks (also a SR stage's noise augmentation)
+    process: Any = None              # diffusion.processes: ddpm (on `schedule`), flow or edm (diffusion.process)
     latent: Any = None               # LatentSpace of a frozen autoencoder (Latent wrapper)
     text: Any = None                 # TextConditioning (Text wrapper): encoder, captions, null condition, prompts
     extras: Dict[str, Any] = dataclasses.field(default_factory=dict)  # task-specific parts (e.g. a discriminator)
+
+    def __post_init__(self):
+        if self.process is None and self.schedule is not None:  # a denoising run: the config's process on `schedule`
+            self.process = make_process(self.config.diffusion, self.schedule)
 
     def init_params(self, key: jax.Array) -> Any:
         return self.task.init_params(self, key)

@@ -15,7 +15,7 @@ import numpy as np
 from ddpm_jax import diffusion
 from ddpm_jax.data import to_uint8
 from ddpm_jax.models.build import denoiser_from_config
-from ddpm_jax.tasks.sampling import default_labels, generate, make_sample_fn
+from ddpm_jax.tasks.sampling import default_labels, generate, make_sample_fn, sampler_kwargs
 from ddpm_jax.tasks.base import Run, Samples, Task
 
 
@@ -46,6 +46,8 @@ class DiffusionTask(Task):
         diffusion.process.check_prediction_type(config.diffusion.prediction_type)
         if config.diffusion.loss_weighting not in ("none", "min_snr"):
             raise ValueError(f"diffusion.loss_weighting must be none or min_snr, got {config.diffusion.loss_weighting!r}")
+        diffusion.make_process(config.diffusion)  # the process's own settings (one-line errors)
+        sampler_kwargs(config.sampling, config.diffusion.get("process", "ddpm"))
         if not 0.0 <= config.training.cond_drop_prob < 1.0:
             raise ValueError(f"training.cond_drop_prob must be in [0, 1), got {config.training.cond_drop_prob}")
 
@@ -97,10 +99,9 @@ class DiffusionTask(Task):
         return run.model.init({"params": key}, x, jnp.zeros((1,), jnp.int32), cond, train=False)["params"]
 
     def loss(self, run: Run):
-        """L_simple (optionally Min-SNR weighted) of the denoiser on the task's condition."""
-        c = run.config.diffusion
-        diffusion.process.check_prediction_type(c.prediction_type)
-        model, schedule, task = run.model, run.schedule, run.task
+        """The process's loss (ddpm: L_simple, optionally Min-SNR weighted; flow: velocity; edm: lambda-weighted
+        denoising) of the denoiser on the task's condition."""
+        model, process, task = run.model, run.process, run.task
 
         def loss_fn(params, batch, key, step=0):
             k_loss, k_cond, k_dropout = jax.random.split(key, 3)
@@ -109,8 +110,7 @@ class DiffusionTask(Task):
             def denoise(x_t, t, cond):
                 return model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": k_dropout})
 
-            per_example = diffusion.diffusion_loss(denoise, schedule, batch["image"], k_loss, cond, c.prediction_type,
-                                                   c.loss_weighting)
+            per_example = process.loss(denoise, batch["image"], k_loss, cond)
             aux = {"aug_level": jnp.mean(cond["aug_level"].astype(jnp.float32))} if "aug_level" in cond else {}
             return jnp.mean(per_example), aux
 
@@ -120,8 +120,8 @@ class DiffusionTask(Task):
 
     def make_sample_fn(self, run: Run, sampling_config=None, guidance_scale: Optional[float] = None):
         s = sampling_config or run.config.sampling
-        return make_sample_fn(run.model, run.schedule, s, run.config.diffusion.prediction_type,
-                                       run.task.null_condition(run), guidance_scale, run.task.cond_transform(run, s))
+        return make_sample_fn(run.model, run.process, s, run.task.null_condition(run), guidance_scale,
+                              run.task.cond_transform(run, s))
 
     def generate(self, run: Run, params, key: jax.Array, num: int, labels=None, prompts=None, low_res=None,
                  sampling_config=None, guidance_scale: Optional[float] = None, sample_fn=None):

@@ -16,11 +16,16 @@ from ddpm_jax import diffusion
 from ddpm_jax.models.denoiser import denoiser_fn
 
 
-def sampler_kwargs(sampling_config) -> dict:
-    """Sampler options from ``config.sampling`` (steps, eta, variance, x0 clipping/thresholding)."""
+def sampler_kwargs(sampling_config, process: str = "ddpm") -> dict:
+    """Sampler options from ``config.sampling`` for a process (steps, spacing, eta, variance, the solvers' grid and
+    churn, x0 clipping/thresholding); a setting the sampler or process does not take is a one-line error."""
     name = sampling_config.sampler
-    if name not in diffusion.SAMPLERS:
-        raise ValueError(f"unknown sampling.sampler {name!r}; use one of {sorted(diffusion.SAMPLERS)}")
+    solvers = diffusion.SOLVERS
+    if name not in diffusion.SAMPLERS and name not in solvers:
+        raise ValueError(f"unknown sampling.sampler {name!r}; use one of {sorted(diffusion.SAMPLERS) + list(solvers)}")
+    if process != "ddpm" and name not in solvers:
+        raise ValueError(f"sampling.sampler={name!r} runs on diffusion.process=ddpm only; process {process!r} is "
+                         f"sampled with {' / '.join(solvers)}")
     kwargs = {}
     if sampling_config.num_steps:
         if int(sampling_config.num_steps) < 0:
@@ -28,6 +33,9 @@ def sampler_kwargs(sampling_config) -> dict:
                              f"{sampling_config.num_steps}")
         kwargs["num_steps"] = int(sampling_config.num_steps)
     if sampling_config.spacing:
+        if process != "ddpm":
+            raise ValueError(f"sampling.spacing applies to process ddpm; {process!r} uses "
+                             f"{'sampling.shift' if process == 'flow' else 'sampling.rho'}")
         kwargs["spacing"] = sampling_config.spacing
     if name == "ddim":
         kwargs["eta"] = sampling_config.eta
@@ -37,23 +45,33 @@ def sampler_kwargs(sampling_config) -> dict:
         raise ValueError(f"sampling.final_alpha_cumprod applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
         kwargs["variance"] = sampling_config.variance
+    if name in solvers:
+        get = lambda k, d: float(sampling_config.get(k, d))
+        if process == "flow":
+            kwargs["shift"] = get("shift", 1.0)
+        else:
+            kwargs["rho"] = get("rho", 7.0)
+        churn = get("s_churn", 0.0)
+        if churn:
+            kwargs.update(s_churn=churn, s_tmin=get("s_tmin", 0.0), s_tmax=get("s_tmax", float("inf")),
+                          s_noise=get("s_noise", 1.0))
     threshold = sampling_config.dynamic_threshold  # when set, it replaces the static clip (Imagen)
     kwargs["x0_transform"] = diffusion.make_x0_transform(None if threshold else sampling_config.clip_x0,
                                                          threshold or None)
     return kwargs
 
 
-def make_sample_fn(model, schedule: diffusion.Schedule, sampling_config, prediction_type: str = "eps",
-                   null_cond: Optional[Dict] = None, guidance_scale: Optional[float] = None,
-                   cond_transform: Optional[Callable] = None) -> Callable:
+def make_sample_fn(model, process, sampling_config, null_cond: Optional[Dict] = None,
+                   guidance_scale: Optional[float] = None, cond_transform: Optional[Callable] = None) -> Callable:
     """A jitted ``fn(params, x_T, key, cond) -> x_0``: the whole sampling loop is one compiled program.
 
+    ``process`` is a :mod:`ddpm_jax.diffusion.processes` process (ddpm, flow, edm); ``x_T`` is standard normal noise.
     ``guidance_scale`` (default ``sampling.guidance_scale``) != 1 needs ``null_cond``: guidance on a model with
     nothing to guide on is an error. ``cond_transform(cond, key) -> (cond, key)`` runs first inside the program
     (a super-resolution stage's noise augmentation of its low-res input).
     """
     name = sampling_config.sampler
-    kwargs = sampler_kwargs(sampling_config)
+    kwargs = sampler_kwargs(sampling_config, process.name)
     scale = float(sampling_config.guidance_scale if guidance_scale is None else guidance_scale)
     if scale != 1.0 and not null_cond:
         raise ValueError(f"guidance scale {scale:g} needs a conditional model (class labels or text); this one is "
@@ -67,8 +85,7 @@ def make_sample_fn(model, schedule: diffusion.Schedule, sampling_config, predict
         denoise = denoiser_fn(model, params)
         if scale != 1.0:
             denoise = diffusion.classifier_free_guidance(denoise, scale, null)
-        return diffusion.sample(denoise, schedule, x_T, key, sampler=name, cond=cond,
-                                prediction_type=prediction_type, **kwargs)
+        return process.sample(denoise, x_T, key, cond, sampler=name, **kwargs)
 
     return sample_fn
 
