@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from ddpm_jax.models.autoencoder import AutoencoderKL
 from ddpm_jax.models.classifier import Classifier
 from ddpm_jax.models.discriminator import PatchDiscriminator
+from ddpm_jax.models.dit import SIZES as DIT_SIZES, DiT
 from ddpm_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -36,7 +37,30 @@ def unet_from_config(model_config, num_classes: int | None = None, context_dim: 
     )
 
 
-BACKBONES = {"unet": unet_from_config}  # model.backbone -> builder(model_config, num_classes, context_dim, ...)
+def dit_from_config(model_config, num_classes: int | None = None, context_dim: int | None = None,
+                    pooled_dim: int | None = None, low_res_channels: int | None = None) -> DiT:
+    """The DiT denoiser (Peebles & Xie 2023) from ``model_config.dit``: ``size`` S / B / L / XL sets (hidden, depth,
+    heads) to the paper's (384, 12, 6) / (768, 12, 12) / (1024, 24, 16) / (1152, 28, 16); "" takes ``hidden_size``,
+    ``depth`` and ``num_heads``. Conditioning arguments as for :func:`unet_from_config`."""
+    conditional = model_config.class_conditional
+    if conditional and not num_classes:
+        raise ValueError("model.class_conditional needs a dataset with labels (num_classes > 0)")
+    dit = model_config.dit
+    size = dit.get("size", "") or ""
+    if size and size not in DIT_SIZES:
+        raise ValueError(f"unknown model.dit.size {size!r}; use one of {sorted(DIT_SIZES)} or '' (hidden_size etc.)")
+    hidden, depth, heads = DIT_SIZES[size] if size else (dit.hidden_size, dit.depth, dit.num_heads)
+    if not isinstance(dit.patch_size, int) or dit.patch_size < 1:
+        raise ValueError(f"model.dit.patch_size must be a positive integer, got {dit.patch_size!r}")
+    return DiT(
+        hidden_size=hidden, depth=depth, num_heads=heads, patch_size=dit.patch_size, mlp_ratio=dit.mlp_ratio,
+        learn_sigma=dit.learn_sigma, num_classes=num_classes if conditional else None, context_dim=context_dim,
+        pooled_dim=pooled_dim, low_res_channels=low_res_channels, dropout=model_config.dropout,
+        dtype=DTYPES[model_config.dtype],
+    )
+
+
+BACKBONES = {"unet": unet_from_config, "dit": dit_from_config}  # model.backbone -> builder(model_config, ...)
 
 
 def denoiser_from_config(model_config, num_classes: int | None = None, context_dim: int | None = None,
