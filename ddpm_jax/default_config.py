@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dit.patch_size = 2        # 2 | 4 | 8 (image_size must be divisible by it)
     c.model.dit.mlp_ratio = 4.0
     c.model.dit.learn_sigma = False   # 2C output channels as the paper's DiT (the extra C are not trained by L_simple)
+    c.model.dit.shared_embedding = True  # the paper's one (timestep + class) embedding; False: diffusers' per-block
+    #                                   copies (DiTTransformer2DModel's layout; its checkpoints hold tied copies)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.process = "ddpm"      # ddpm (discrete VP) | flow (rectified flow) | edm (Karras et al. 2022); README

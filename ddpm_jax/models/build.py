@@ -56,7 +56,7 @@ def dit_from_config(model_config, num_classes: int | None = None, context_dim: i
         hidden_size=hidden, depth=depth, num_heads=heads, patch_size=dit.patch_size, mlp_ratio=dit.mlp_ratio,
         learn_sigma=dit.learn_sigma, num_classes=num_classes if conditional else None, context_dim=context_dim,
         pooled_dim=pooled_dim, low_res_channels=low_res_channels, dropout=model_config.dropout,
-        dtype=DTYPES[model_config.dtype],
+        shared_embedding=bool(dit.get("shared_embedding", True)), dtype=DTYPES[model_config.dtype],
     )
 
 

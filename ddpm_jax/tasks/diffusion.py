@@ -47,7 +47,11 @@ class DiffusionTask(Task):
         if config.diffusion.loss_weighting not in ("none", "min_snr"):
             raise ValueError(f"diffusion.loss_weighting must be none or min_snr, got {config.diffusion.loss_weighting!r}")
         diffusion.make_process(config.diffusion)  # the process's own settings (one-line errors)
-        sampler_kwargs(config.sampling, config.diffusion.get("process", "ddpm"))
+        process = config.diffusion.get("process", "ddpm")
+        sampler_kwargs(config.sampling, process)
+        if config.eval.every and process != "ddpm" and config.eval.sampler not in diffusion.SOLVERS:
+            raise ValueError(f"eval.sampler={config.eval.sampler!r} runs on diffusion.process=ddpm only; process "
+                             f"{process!r} is sampled with {' / '.join(diffusion.SOLVERS)}")
         if not 0.0 <= config.training.cond_drop_prob < 1.0:
             raise ValueError(f"training.cond_drop_prob must be in [0, 1), got {config.training.cond_drop_prob}")
 
