@@ -12,7 +12,7 @@ from ddpm_jax.diffusion.samplers import (
     SAMPLERS, ddim_sample, ddim_sigma, ddim_step, ddpm_sample, ddpm_step, dpm_solver_pp_2m_sample,
     dpm_solver_pp_2m_step, final_log_alpha_bar, num_function_evaluations, sample, sample_loop,
 )
-from ddpm_jax.diffusion.processes import PROCESSES, DDPMProcess, EDMProcess, FlowProcess, make_process
+from ddpm_jax.diffusion.processes import PROCESS_BUILDERS, DDPMProcess, EDMProcess, FlowProcess, make_process
 from ddpm_jax.diffusion.solvers import SOLVERS, karras_sigmas, solve
 from ddpm_jax.diffusion.schedules import (
     Schedule, available_schedules, make_schedule, register_schedule, respace_timesteps,

@@ -35,7 +35,6 @@ from ddpm_jax.diffusion.process import _bcast, check_prediction_type
 from ddpm_jax.diffusion.schedules import Schedule, make_schedule
 
 Denoise = Callable[[jnp.ndarray, jnp.ndarray, Any], jnp.ndarray]
-PROCESSES = ("ddpm", "flow", "edm")
 FLOW_PREDICTIONS = ("v", "x0")
 FLOW_TIMES = ("uniform", "logit_normal")
 FLOW_TIME_SCALE = 1000.0  # the network's time input is 1000 t (SD3 / diffusers FlowMatchEulerDiscreteScheduler)
@@ -327,22 +326,32 @@ class EDMProcess(ContinuousView):
 # ------------------------------------------------------------------------------------------------------ factory
 
 
+def _ddpm_from_config(c, schedule: Optional[Schedule]) -> DDPMProcess:
+    check_prediction_type(c.prediction_type)
+    return DDPMProcess(schedule if schedule is not None else make_schedule(c.schedule, c.num_timesteps),
+                       c.prediction_type, c.loss_weighting)
+
+
+def _flow_from_config(c, schedule) -> FlowProcess:
+    return FlowProcess(c.flow_prediction, c.flow_time, float(c.flow_logit_mean), float(c.flow_logit_std))
+
+
+def _edm_from_config(c, schedule) -> EDMProcess:
+    return EDMProcess(float(c.edm_sigma_data), float(c.edm_p_mean), float(c.edm_p_std), float(c.edm_sigma_min),
+                      float(c.edm_sigma_max))
+
+
+# diffusion.process -> builder(config.diffusion, ddpm schedule or None): a new process is a class + one line here
+PROCESS_BUILDERS = {"ddpm": _ddpm_from_config, "flow": _flow_from_config, "edm": _edm_from_config}
+
+
 def make_process(diffusion_config, schedule: Optional[Schedule] = None):
     """The process of ``config.diffusion`` (``schedule``: the ddpm process's schedule, built from the config if None)."""
     name = diffusion_config.get("process", "ddpm")
-    if name == "ddpm":
-        if schedule is None:
-            schedule = make_schedule(diffusion_config.schedule, diffusion_config.num_timesteps)
-        check_prediction_type(diffusion_config.prediction_type)
-        return DDPMProcess(schedule, diffusion_config.prediction_type, diffusion_config.loss_weighting)
-    if diffusion_config.get("prediction_type", "eps") != "eps" or diffusion_config.get("loss_weighting", "none") != "none":
+    if name not in PROCESS_BUILDERS:
+        raise ValueError(f"unknown diffusion.process {name!r}; use one of {tuple(PROCESS_BUILDERS)}")
+    if name != "ddpm" and (diffusion_config.get("prediction_type", "eps") != "eps"
+                           or diffusion_config.get("loss_weighting", "none") != "none"):
         raise ValueError(f"diffusion.prediction_type and diffusion.loss_weighting apply to process ddpm; process "
                          f"{name!r} has its own (flow: diffusion.flow_prediction; edm: its preconditioning)")
-    if name == "flow":
-        return FlowProcess(diffusion_config.flow_prediction, diffusion_config.flow_time,
-                           float(diffusion_config.flow_logit_mean), float(diffusion_config.flow_logit_std))
-    if name == "edm":
-        return EDMProcess(float(diffusion_config.edm_sigma_data), float(diffusion_config.edm_p_mean),
-                          float(diffusion_config.edm_p_std), float(diffusion_config.edm_sigma_min),
-                          float(diffusion_config.edm_sigma_max))
-    raise ValueError(f"unknown diffusion.process {name!r}; use one of {PROCESSES}")
+    return PROCESS_BUILDERS[name](diffusion_config, schedule)

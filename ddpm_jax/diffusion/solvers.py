@@ -12,8 +12,9 @@ u_0 > u_1 > ... > u_N = 0:
 - ``euler_maruyama``: the reverse SDE dx = [f - g^2 score / 2] du + g dW with score = -eps_hat / sigma and the
   process's diffusion coefficient g(u)^2; the last step is a deterministic Euler step (no noise at u = 0).
 
-All run in one ``lax.scan`` (the network is traced once per call site). The noise of step i is drawn from
-``fold_in(key, i)`` (``jax.random.normal``, the shape of x); tests rebuild it to compare with float64 references.
+All run in one ``lax.scan`` (a new solver is a step function plus one line in :data:`SOLVER_STEPS`). The churn noise
+of step i is ``jax.random.normal(fold_in(key, i), x.shape)`` and Euler-Maruyama's ``fold_in(fold_in(key, i), 1)``;
+tests rebuild them to compare with float64 references.
 ``x0_transform`` (clipping / thresholding) is applied to each x0 estimate and eps recomputed from it.
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 
 from ddpm_jax.diffusion.process import _bcast
 
-SOLVERS = ("euler", "heun", "euler_maruyama")
 DEFAULT_STEPS = {"euler": 50, "heun": 18, "euler_maruyama": 100}  # heun 18: EDM's CIFAR-10 setting (35 calls)
 SOLVER_OPTIONS = ("s_churn", "s_tmin", "s_tmax", "s_noise", "shift", "rho")
 
@@ -55,32 +55,74 @@ def _check_grid(grid) -> np.ndarray:
     return grid
 
 
+class _Field:
+    """The process's estimates and ODE velocity at (x, u), with ``x0_transform`` applied (what a step function sees)."""
+
+    def __init__(self, process, denoise, cond, batch: int, x0_transform):
+        self.process, self.denoise, self.cond, self.batch, self.x0_transform = process, denoise, cond, batch, x0_transform
+
+    def estimates(self, x, u):
+        ub = jnp.full((self.batch,), u, jnp.float32)
+        x0, eps = self.process.x0_eps(self.denoise, x, ub, self.cond)
+        if self.x0_transform is not None:
+            x0 = self.x0_transform(x0)
+            eps = self.process.eps_from_x0(x, ub, x0)
+        return x0, eps
+
+    def velocity(self, x0, eps, u):
+        """dx/du = alpha'(u) x0 + sigma'(u) eps (the probability-flow ODE)."""
+        da, ds = self.process.d_alpha_sigma(u)
+        return da * x0 + ds * eps
+
+
+def euler_step(field: _Field, x, u, u_next, key):
+    return x + (u_next - u) * field.velocity(*field.estimates(x, u), u)
+
+
+def heun_step(field: _Field, x, u, u_next, key):
+    """Euler predictor, then the trapezoidal corrector unless u_next = 0 (EDM Alg. 2 lines 7-10)."""
+    dt = u_next - u
+    d = field.velocity(*field.estimates(x, u), u)
+    x_euler = x + dt * d
+
+    def correct(x_euler):
+        return x + dt * 0.5 * (d + field.velocity(*field.estimates(x_euler, u_next), u_next))
+
+    return jax.lax.cond(u_next > 0, correct, lambda xe: xe, x_euler)
+
+
+def euler_maruyama_step(field: _Field, x, u, u_next, key):
+    """x + dt (f + g^2 eps / (2 sigma)) + sqrt(g^2 |dt|) z (score = -eps / sigma); plain Euler into u_next = 0."""
+    dt = u_next - u
+    x0, eps = field.estimates(x, u)
+    d = field.velocity(x0, eps, u)
+    _, sigma = field.process.alpha_sigma(u)
+    g2 = field.process.diffusion_sq(u)
+    noise = jnp.sqrt(g2 * jnp.abs(dt)) * jax.random.normal(jax.random.fold_in(key, 1), x.shape)
+    return jnp.where(u_next > 0, x + dt * (d + 0.5 * g2 * eps / sigma) + noise, x + dt * d)
+
+
+# sampling.sampler -> step(field, x, u, u_next, key): a new solver is one step function plus one line here
+SOLVER_STEPS = {"euler": euler_step, "heun": heun_step, "euler_maruyama": euler_maruyama_step}
+SOLVERS = tuple(SOLVER_STEPS)
+CHURN_SOLVERS = ("euler", "heun")  # EDM's churn before an ODE step
+
+
 def solve(process, denoise: Callable, x_T: jnp.ndarray, key: jax.Array, cond: Any = None, grid=None,
           method: str = "heun", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
           s_noise: float = 1.0, x0_transform: Optional[Callable] = None, return_trajectory: bool = False):
     """Integrate from u = grid[0] to 0; ``x_T`` is standard normal noise, scaled here by ``process.prior_scale``."""
-    if method not in SOLVERS:
+    if method not in SOLVER_STEPS:
         raise ValueError(f"unknown solver {method!r}; use one of {SOLVERS}")
     grid = _check_grid(grid)
     if s_churn < 0 or s_noise < 0:
         raise ValueError(f"s_churn and s_noise must be >= 0, got {s_churn}, {s_noise}")
-    if s_churn and method != "heun" and method != "euler":
-        raise ValueError(f"s_churn applies to the euler and heun solvers, not {method!r}")
+    if s_churn and method not in CHURN_SOLVERS:
+        raise ValueError(f"s_churn applies to the {' and '.join(CHURN_SOLVERS)} solvers, not {method!r}")
     n = grid.size - 1
-    batch = x_T.shape[0]
     gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
-
-    def estimates(x, u):
-        ub = jnp.full((batch,), u, jnp.float32)
-        x0, eps = process.x0_eps(denoise, x, ub, cond)
-        if x0_transform is not None:
-            x0 = x0_transform(x0)
-            eps = process.eps_from_x0(x, ub, x0)
-        return x0, eps
-
-    def velocity(x0, eps, u):
-        da, ds = process.d_alpha_sigma(u)
-        return da * x0 + ds * eps
+    field = _Field(process, denoise, cond, x_T.shape[0], x0_transform)
+    step = SOLVER_STEPS[method]
 
     def churn(x, u, key):
         """EDM Alg. 2 lines 4-6 in the variance-exploding level sigma~ = sigma / alpha, mapped back to u."""
@@ -100,25 +142,7 @@ def solve(process, denoise: Callable, x_T: jnp.ndarray, key: jax.Array, cond: An
         k = jax.random.fold_in(key, i)
         if gamma_max > 0:
             x, u = churn(x, u, k)
-        x0, eps = estimates(x, u)
-        d = velocity(x0, eps, u)
-        dt = u_next - u
-        if method == "euler":
-            x_next = x + dt * d
-        elif method == "heun":
-            x_euler = x + dt * d
-
-            def correct(x_euler):
-                d2 = velocity(*estimates(x_euler, u_next), u_next)
-                return x + dt * 0.5 * (d + d2)
-
-            x_next = jax.lax.cond(u_next > 0, correct, lambda xe: xe, x_euler)
-        else:  # euler_maruyama
-            _, sigma = process.alpha_sigma(u)
-            g2 = process.diffusion_sq(u)
-            drift = d + 0.5 * g2 * eps / sigma  # f - g^2 score / 2, score = -eps / sigma
-            noise = jnp.sqrt(g2 * jnp.abs(dt)) * jax.random.normal(jax.random.fold_in(k, 1), x.shape)
-            x_next = jnp.where(u_next > 0, x + dt * drift + noise, x + dt * d)
+        x_next = step(field, x, u, u_next, k)
         return x_next, (x_next if return_trajectory else None)
 
     x = x_T.astype(jnp.float32) * process.prior_scale(grid[0])
