@@ -34,6 +34,7 @@ def test_fd_interval_shrinks_like_one_over_sqrt_n_and_holds_the_estimate():
     assert 1.4 < widths[200] / widths[800] < 2.9  # sqrt(4) = 2
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_intervals_separate_different_models_but_not_reruns_of_one():
     rng = np.random.default_rng(2)
     ref_feats = rng.normal(size=(2000, 3))

@@ -35,6 +35,7 @@ def evaluate(*args):
     return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_samples_mode_reports_fid_kid_and_inception_score(weights, tmp_path):
     wd = str(tmp_path / "model")
     loop.train(tiny_config(), wd)

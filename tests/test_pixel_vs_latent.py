@@ -1,4 +1,5 @@
 """The pixel-vs-latent experiment driver end to end at toy size (8x8 digits, f = 1 and 2, a few steps each)."""
+import pytest
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ def test_unet_levels_stop_at_4x4():
     assert [driver.unet_ch_mult(r) for r in (32, 16, 8, 4, 2)] == [(1, 2, 2, 2), (1, 2, 2), (1, 2), (1,), (1,)]
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_toy_study_writes_table_plot_and_equal_compute_runs(tmp_path):
     driver = load_driver()
     results = tmp_path / "results"

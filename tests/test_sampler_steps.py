@@ -24,6 +24,7 @@ def runs():
             "classifier": toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)}
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_toy_grid_writes_table_plot_and_every_cell(runs, tmp_path):
     driver = load_driver()
     study = driver.main(["--preset=toy", f"--workdir={runs['ddpm']}", f"--results_dir={tmp_path}"])

@@ -72,6 +72,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_two_processes_match_one_process(tmp_path):
     """Two real JAX processes on localhost (CPU collectives, one device each, mesh fsdp=2 so parameters are split
     across the processes, 2 micro-batches per step): each reads half of every global batch; their collective

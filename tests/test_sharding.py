@@ -9,6 +9,7 @@ from conftest import ROOT
 from ddpm_jax.training import sharding
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_one_step_on_8_devices_matches_1_device():
     script = os.path.join(ROOT, "tests", "multidevice_step.py")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

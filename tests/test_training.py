@@ -55,6 +55,7 @@ def test_resume_gives_bit_identical_parameters(tmp_path):
     assert_trees_equal(straight, resumed)
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
     """A real process killed with SIGKILL after a checkpoint, restarted by the same command, ends bit-identical."""
     overrides = {"training.num_steps": 40, "training.checkpoint_every": 5, "training.log_every": 5}

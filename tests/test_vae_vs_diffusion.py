@@ -26,6 +26,7 @@ def runs():
             "classifier": toy_workdirs.shared("classifier_digits", toy_workdirs.classifier)}
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_toy_comparison_scores_every_model_alike(runs, tmp_path):
     driver = load_driver()
     study = driver.main(["--preset=toy", f"--vae_workdir={runs['vae']}", f"--pixel_workdir={runs['pixel']}",

@@ -158,6 +158,7 @@ def test_killed_during_final_sampling_writes_the_final_grid_on_rerun(trained, tm
     assert json.load(open(os.path.join(wd, "final.json")))["step"] == 4
 
 
+@pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_generation_requests_a_run_cannot_honour_are_one_line_errors(trained, tmp_path):
     wd = copy_of(trained, tmp_path)
     before = tree_hashes(os.path.join(wd, "checkpoints"))
