@@ -8,6 +8,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "diffusion"              # diffusion | latent_diffusion | classifier (offline metric) | autoencoder
     #                                   | text_diffusion | latent_text_diffusion | clip (text-to-image, README)
     #                                   | super_resolution (a cascade's SR stage, README)
+    #                                   | distill (a few-step student of a trained diffusion workdir: tasks/distill.py)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
@@ -134,6 +135,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.sr = ml_collections.ConfigDict()  # task=super_resolution: data.image_size is the output size
     c.sr.low_res_size = 16            # input size: the training images area-downsampled (must divide data.image_size)
     c.sr.max_aug_level = 0.0          # noise conditioning augmentation in training: s ~ U[0, max_aug_level T) (Imagen)
+
+    c.distill = ml_collections.ConfigDict()  # task=distill (ddpm_jax/tasks/distill.py): few-step students
+    c.distill.teacher_workdir = ""    # a trained diffusion / latent_diffusion workdir (read only; the run's config)
+    c.distill.method = "progressive"  # progressive (Salimans & Ho 2022) | consistency (Song et al. 2023, CD)
+    c.distill.guidance_scale = ml_collections.config_dict.placeholder(float)  # the teacher's fixed w (Meng et al.
+    #                                   2023); None: the teacher's recorded sampling.guidance_scale; 1: unguided
+    c.distill.start_steps = 64        # progressive: DDIM steps of the first round's teacher (trailing spacing)
+    c.distill.end_steps = 4           # progressive: the last round's student (start / end must be a power of 2)
+    c.distill.steps_per_round = 1000  # progressive: optimizer steps per halving (round r: steps [r k, (r + 1) k))
+    c.distill.weighting = "truncated_snr"  # progressive: max(SNR, 1) (the paper's) | snr | none, on the x error
+    c.distill.num_scales = 18         # consistency: N points of the Karras discretisation of the teacher's sigma
+    c.distill.rho = 7.0               # consistency: the discretisation's rho
+    c.distill.solver = "heun"         # consistency: the teacher's ODE step between adjacent points: ddim | heun
+    c.distill.target_ema = 0.95       # consistency: mu of the target network theta^- (updated every step)
+    c.distill.sigma_data = 0.5        # consistency: sigma_data of the boundary-condition c_skip / c_out
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                  # steps between sample-quality evaluations; 0: off

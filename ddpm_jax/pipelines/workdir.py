@@ -67,8 +67,8 @@ def sample_workdir(workdir: str, num: int, config=None, use_ema: bool = True, ou
                 "sampling": s.to_dict(), **samples.extra}
     paths = write_samples(os.path.join(trained.workdir, "samples", name), samples.images, samples.labels,
                           samples.ncols, settings)
-    log.info("wrote %d samples from step %d (%s, %s steps): %s and %s", num, trained.step, s.sampler,
-             s.num_steps or "all", paths["png"], paths["npz"])
+    log.info("wrote %d samples from step %d (%s): %s and %s", num, trained.step,
+             samples.name or f"{s.sampler}, {s.num_steps or 'all'} steps", paths["png"], paths["npz"])
     return {**paths, "step": trained.step, "images": samples.images, "labels": samples.labels}
 
 

@@ -7,6 +7,7 @@ from ddpm_jax.tasks.autoencoder import AutoencoderTask
 from ddpm_jax.tasks.classifier import ClassifierTask
 from ddpm_jax.tasks.clip import ClipTask
 from ddpm_jax.tasks.diffusion import DiffusionTask
+from ddpm_jax.tasks.distill import DistillTask
 from ddpm_jax.tasks.latent import Latent
 from ddpm_jax.tasks.loading import Trained, build_run, load_trained
 from ddpm_jax.tasks.registry import get_task, register_task, task_names
@@ -21,5 +22,6 @@ register_task("super_resolution", SuperResolutionTask)
 register_task("classifier", ClassifierTask)
 register_task("autoencoder", AutoencoderTask)
 register_task("clip", lambda: Text(ClipTask()))
+register_task("distill", DistillTask)
 
 __all__ = ["get_task", "register_task", "task_names", "build_run", "load_trained", "Trained"]

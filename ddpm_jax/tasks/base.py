@@ -91,6 +91,18 @@ class Task:
         """The part of the trained params that inference uses (e.g. without a discriminator)."""
         return params
 
+    def trainable(self, run: Run) -> Optional[Callable[[Any], Any]]:
+        """None when every parameter is trained; else ``mask(params)``, a tree of bools over ``params`` (False:
+        frozen). A frozen leaf gets no optimizer update and no optimizer state, its EMA is the leaf itself, and only
+        :meth:`step_transition` changes it (e.g. a distillation teacher kept in the params, so it is checkpointed)."""
+        return None
+
+    def step_transition(self, run: Run) -> Optional[Callable[[Any, Any, jnp.ndarray], Any]]:
+        """None, or ``fn(params, ema_params, step) -> params`` applied at the start of every optimizer step, inside
+        the compiled step, before the gradient. It must be a pure function of its arguments (resume is then exact):
+        e.g. distillation's teacher refresh at round boundaries or its EMA target network."""
+        return None
+
     def sample_grid(self, run: Run, params: Any, key: jax.Array, num: int) -> Optional[Samples]:
         """A grid of samples during training; None for tasks that do not generate."""
         return None
@@ -148,6 +160,12 @@ class Wrapper(Task):
 
     def eval_params(self, params):
         return self.inner.eval_params(params)
+
+    def trainable(self, run):
+        return self.inner.trainable(run)
+
+    def step_transition(self, run):
+        return self.inner.step_transition(run)
 
     def sample_grid(self, run, params, key, num):
         return self.inner.sample_grid(run, params, key, num)

@@ -41,4 +41,6 @@ def load_trained(workdir: str, config=None, use_ema: bool = True, expect_task: O
     step, state = wd.restore_for_reading(expected)
     run.task.check_or_write_records(run, wd.path, write=False)
     params = state["ema_params" if use_ema else "params"]
-    return Trained(config, run, run.task.eval_params(params), int(step), wd.path)
+    # the run's config: the recorded one, except for tasks that build on another workdir's (a distilled student
+    # runs on its teacher's model and data)
+    return Trained(run.config, run, run.task.eval_params(params), int(step), wd.path)

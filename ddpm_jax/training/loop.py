@@ -19,7 +19,7 @@ from ddpm_jax.tasks.base import Run
 from ddpm_jax.training import sharding
 from ddpm_jax.training.distributed import PreemptionWatch
 from ddpm_jax.training.logging import MetricWriter, Progress
-from ddpm_jax.training.optim import make_optimizer
+from ddpm_jax.training.optim import freeze, make_optimizer
 from ddpm_jax.training.state import TrainState, create_train_state
 from ddpm_jax.training.steps import make_train_step
 from ddpm_jax.workdir import Checkpointer, CheckpointSaveError, Workdir, WorkdirLockedError
@@ -48,6 +48,8 @@ class TrainSetup:
     lr_schedule: Any
     mesh: Any
     init_fn: Any  # key -> TrainState
+    trainable: Any = None        # the task's params -> tree of bools (frozen leaves), or None
+    step_transition: Any = None  # the task's (params, ema_params, step) -> params, or None
 
     def loss_fn(self):
         return self.run.task.loss(self.run)
@@ -59,8 +61,11 @@ def build_training(config) -> TrainSetup:
     validate_training(config)
     run = build_run(config)
     tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+    trainable = run.task.trainable(run)
+    if trainable is not None:
+        tx = freeze(tx, trainable)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    return TrainSetup(run, tx, lr_schedule, mesh, make_init_fn(run, tx))
+    return TrainSetup(run, tx, lr_schedule, mesh, make_init_fn(run, tx), trainable, run.task.step_transition(run))
 
 
 def make_init_fn(run: Run, tx):
@@ -209,7 +214,7 @@ def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, m
     config, t = run.config, run.config.training
     pipeline = run.task.pipeline(run, wd.path, main_process)
     step_fn = jax.jit(make_train_step(setup.loss_fn(), setup.tx, setup.lr_schedule, config.optim.ema_decay,
-                                      t.grad_accum_steps),
+                                      t.grad_accum_steps, setup.step_transition, setup.trainable),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     quality = SampleQuality.from_config(config, run) if run.task.generative and config.eval.every else None

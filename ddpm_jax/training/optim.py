@@ -1,6 +1,7 @@
 """Optimizer from ``config.optim``: AdamW with linear warmup (then constant or cosine), global-norm clipping."""
 from __future__ import annotations
 
+import jax
 import optax
 
 
@@ -27,3 +28,10 @@ def make_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransfor
     chain.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
                              eps=optim_config.eps, weight_decay=optim_config.weight_decay))
     return optax.chain(*chain), schedule
+
+
+def freeze(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+    """``tx`` on the leaves ``trainable(params)`` marks True; the others get a zero update and no optimizer state
+    (gradient clipping and weight decay see the trained leaves only)."""
+    labels = lambda params: jax.tree.map(lambda m: "trained" if m else "frozen", trainable(params))
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

@@ -23,7 +23,7 @@ HISTORY_FILE = "config_history.jsonl"
 # Prefixes of dotted keys a later command may change (everything else must equal the record).
 SAFE_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every", "training.keep_checkpoints",
              "training.async_checkpointing", "training.sample_every", "sampling.", "eval.", "mesh.", "distributed.",
-             "data.data_dir", "latent.autoencoder_workdir")
+             "data.data_dir", "latent.autoencoder_workdir", "distill.teacher_workdir")
 _MISSING = object()
 
 
