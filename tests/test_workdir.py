@@ -238,7 +238,10 @@ def test_disk_full_during_a_save_is_one_line_a_prompt_exit_and_the_last_checkpoi
         # (upstream, not ours); the command's own report is still one line, last, and no traceback is from our code.
         assert proc.returncode == 1, proc.stderr[-3000:]
         line = proc.stderr.strip().splitlines()[-1]
-        assert line.startswith("error: CheckpointSaveError") and "No space left on device" in line, line
+        # the full disk is noticed by the checkpoint writer or, while an async save fills it, by the metrics log
+        # (which of the two first depends on how well the checkpoints compress): one line naming what failed
+        assert "No space left on device" in line and (line.startswith("error: CheckpointSaveError")
+                                                      or ("writing metrics" in line and mount in line)), line
         assert sum(1 for x in proc.stderr.splitlines() if x.startswith("error: ")) == 1
         assert "ddpm_jax/" not in proc.stderr.replace(mount, "")
         assert elapsed < 120, elapsed  # no minutes-long linger in background writer threads

@@ -47,16 +47,24 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+        except OSError as e:  # e.g. a full disk: say which file (a bare write error names none)
+            raise OSError(e.errno, f"{e.strerror} (writing metrics)", self._jsonl.name) from None
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
 
     def close(self):
+        """Flush and close; a failed flush (a full disk) is a warning, so it never hides the error that stopped the
+        run (a failed checkpoint write is reported, not TensorBoard's flush after it)."""
         if self.enabled:
-            self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
+            for name, f in (("metrics.jsonl", self._jsonl), ("tensorboard", self._tb)):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError as e:
+                    log.warning("could not flush %s: %s", name, e)
 
 
 def format_duration(seconds: float) -> str:
