@@ -119,6 +119,14 @@ class CondEmbed(nn.Module):
         return c
 
 
+def on_tokens(layer, x):
+    """``layer`` (a Dense) on [..., D] as one 2-D matmul over all leading axes: the same function and params, but
+    XLA:CPU computes the weight gradient of a 3-D dot ~1.7x slower than of a 2-D one
+    (experiments/benchmarks/RESULTS.md, DiT train step)."""
+    out = layer(x.reshape(-1, x.shape[-1]))
+    return out.reshape(x.shape[:-1] + out.shape[-1:])
+
+
 class Attention(nn.Module):
     """Multi-head attention with biased q/k/v/output projections (diffusers `Attention`, `attention_bias=True`);
     keys and values from `kv` (self-attention: kv = x) of any width; `mask` [B, L] True = attend."""
@@ -131,8 +139,8 @@ class Attention(nn.Module):
     def __call__(self, x, kv, mask=None, *, train: bool = False) -> jnp.ndarray:
         c = x.shape[-1]
         dense = lambda name, init=xavier_init: nn.Dense(c, kernel_init=init, dtype=self.dtype, name=name)
-        h = multi_head_attention(dense("q")(x), dense("k")(kv), dense("v")(kv), self.num_heads, mask)
-        h = dense("proj_out", self.out_init)(h)
+        q, k, v = on_tokens(dense("q"), x), on_tokens(dense("k"), kv), on_tokens(dense("v"), kv)
+        h = on_tokens(dense("proj_out", self.out_init), multi_head_attention(q, k, v, self.num_heads, mask))
         return nn.Dropout(self.dropout, deterministic=not train)(h)
 
 
@@ -164,10 +172,29 @@ class DiTBlock(nn.Module):
             xattn = Attention(self.num_heads, self.dropout, zero_init, self.dtype, name="xattn")
             h = h + xattn(h.astype(self.dtype), context, context_mask, train=train).astype(jnp.float32)
         x = modulate(layer_norm(h, self.norm_eps), shift_mlp, scale_mlp).astype(self.dtype)
-        x = nn.Dense(int(d * self.mlp_ratio), kernel_init=xavier_init, dtype=self.dtype, name="fc1")(x)
+        x = on_tokens(nn.Dense(int(d * self.mlp_ratio), kernel_init=xavier_init, dtype=self.dtype, name="fc1"), x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x, approximate=True))
-        x = nn.Dense(d, kernel_init=xavier_init, dtype=self.dtype, name="fc2")(x)
+        x = on_tokens(nn.Dense(d, kernel_init=xavier_init, dtype=self.dtype, name="fc2"), x)
         return h + gate_mlp[:, None] * x.astype(jnp.float32), c
+
+
+class PatchEmbed(nn.Module):
+    """The paper's patchify conv (kernel = stride = p, no padding; params ``kernel`` [p, p, C, D] and ``bias`` as
+    ``nn.Conv``'s) computed as a reshape into patches and one matmul: the same function, but XLA:CPU's filter gradient
+    of a strided conv is several times slower than a matmul's (experiments/benchmarks/RESULTS.md)."""
+    features: int
+    patch_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, hgt, wid, c = x.shape
+        p = self.patch_size
+        kernel = self.param("kernel", patch_init, (p, p, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        patches = x.astype(self.dtype).reshape(b, hgt // p, p, wid // p, p, c)
+        out = jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel.astype(self.dtype))
+        return out + bias.astype(self.dtype)
 
 
 class DiT(nn.Module):
@@ -222,8 +249,7 @@ class DiT(nn.Module):
         if context is not None:
             context = context.astype(self.dtype)
 
-        patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", kernel_init=patch_init, dtype=self.dtype,
-                          name="patch_embed")(x.astype(self.dtype))
+        patches = PatchEmbed(d, p, self.dtype, name="patch_embed")(x)
         gh, gw = hgt // p, wid // p
         h = patches.reshape(b, gh * gw, d).astype(jnp.float32)
         h = h + jnp.asarray(sincos_pos_embed(d, gh, gw, self.pos_embed_base_size))[None]
@@ -244,7 +270,7 @@ class DiT(nn.Module):
         shift, scale = jnp.split(mod.astype(jnp.float32), 2, axis=-1)
         h = modulate(layer_norm(h, 1e-6), shift, scale).astype(self.dtype)
         total_ch = 2 * out_ch if self.learn_sigma else out_ch
-        h = nn.Dense(p * p * total_ch, kernel_init=zero_init, dtype=self.dtype, name="final_linear")(h)
+        h = on_tokens(nn.Dense(p * p * total_ch, kernel_init=zero_init, dtype=self.dtype, name="final_linear"), h)
         out = h.reshape(b, gh, gw, p, p, total_ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, hgt, wid, total_ch)
         out = out.astype(jnp.float32)
         return out if full_output else out[..., :out_ch]
