@@ -27,7 +27,6 @@ import os
 import sys
 import time
 
-import jax
 import matplotlib
 import numpy as np
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.diffusion.process import _bcast
 
 DEFAULT_STEPS = {"euler": 50, "heun": 18, "euler_maruyama": 100}  # heun 18: EDM's CIFAR-10 setting (35 calls)
 SOLVER_OPTIONS = ("s_churn", "s_tmin", "s_tmax", "s_noise", "shift", "rho")
