@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.diffusion import samplers as discrete
-from ddpm_jax.diffusion import solvers
+from ddpm_jax.diffusion.samplers import SAMPLERS, respace_timesteps
+from ddpm_jax.diffusion.samplers import sample as discrete_sample
+from ddpm_jax.diffusion.solvers import DEFAULT_STEPS, SOLVER_OPTIONS, SOLVERS, karras_sigmas, solve
 from ddpm_jax.diffusion.losses import diffusion_loss
 from ddpm_jax.diffusion.process import _bcast, check_prediction_type
 from ddpm_jax.diffusion.schedules import Schedule, make_schedule
@@ -47,7 +48,7 @@ def _per_example_mse(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 def _no_discrete_sampler(process: str, sampler: str) -> ValueError:
     return ValueError(f"sampler {sampler!r} runs on diffusion.process=ddpm only; process {process!r} is sampled with "
-                      f"{' / '.join(solvers.SOLVERS)}")
+                      f"{' / '.join(SOLVERS)}")
 
 
 class ContinuousView:
@@ -64,25 +65,11 @@ class ContinuousView:
         return (x - alpha * x0) / sigma
 
 
-# --------------------------------------------------------------------------------------------------------- ddpm
+# ---------------------------------------------------------------------------------------------- ve frame
 
 
-@dataclasses.dataclass(frozen=True)
-class DDPMProcess(ContinuousView):
-    """The discrete VP chain; ``sample`` runs its timestep samplers or, in the variance-exploding frame, the solvers."""
-    schedule: Schedule
-    prediction_type: str = "eps"
-    weighting: str = "none"
-    name = "ddpm"
-
-    def loss(self, denoise: Denoise, x0, key, cond=None):
-        return diffusion_loss(denoise, self.schedule, x0, key, cond, self.prediction_type, self.weighting)
-
-    # ---- the continuous view: u = sigma~ = sqrt((1 - abar) / abar), x~ = x / sqrt(abar), alpha~ = 1
-    def _sigmas(self) -> np.ndarray:
-        """sigma~ at t = 0..T-1 (increasing), float64 from the concrete schedule."""
-        log_ab = np.asarray(self.schedule.log_alphas_cumprod, np.float64)
-        return np.sqrt(-np.expm1(log_ab) / np.exp(log_ab))
+class VarianceExploding(ContinuousView):
+    """u = sigma, x = x0 + sigma eps (alpha = 1): EDM's frame, and the ddpm process's view x / sqrt(abar)."""
 
     def alpha_sigma(self, u):
         u = jnp.asarray(u, jnp.float32)
@@ -99,7 +86,28 @@ class DDPMProcess(ContinuousView):
         return s
 
     def diffusion_sq(self, u):
-        return 2.0 * jnp.asarray(u, jnp.float32)
+        return 2.0 * jnp.asarray(u, jnp.float32)  # EDM's reverse SDE with beta(t) = sigma'(t) / sigma(t)
+
+
+# --------------------------------------------------------------------------------------------------------- ddpm
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMProcess(VarianceExploding):
+    """The discrete VP chain; ``sample`` runs its timestep samplers or, in the variance-exploding frame, the solvers."""
+    schedule: Schedule
+    prediction_type: str = "eps"
+    weighting: str = "none"
+    name = "ddpm"
+
+    def loss(self, denoise: Denoise, x0, key, cond=None):
+        return diffusion_loss(denoise, self.schedule, x0, key, cond, self.prediction_type, self.weighting)
+
+    # ---- the continuous view (VarianceExploding): u = sigma~ = sqrt((1 - abar) / abar), x~ = x / sqrt(abar)
+    def _sigmas(self) -> np.ndarray:
+        """sigma~ at t = 0..T-1 (increasing), float64 from the concrete schedule."""
+        log_ab = np.asarray(self.schedule.log_alphas_cumprod, np.float64)
+        return np.sqrt(-np.expm1(log_ab) / np.exp(log_ab))
 
     def prior_scale(self, u):
         return math.sqrt(float(u) ** 2 + 1.0)  # x~_T = x_T / sqrt(abar_T), x_T ~ N(0, I) (diffusers' init_noise_sigma)
@@ -128,29 +136,29 @@ class DDPMProcess(ContinuousView):
         sigmas = self._sigmas()
         T = self.schedule.num_timesteps
         if spacing == "karras":
-            grid = solvers.karras_sigmas(num_steps, sigmas[0], sigmas[-1], rho)
+            grid = karras_sigmas(num_steps, sigmas[0], sigmas[-1], rho)
         elif spacing in ("", "linspace"):
             grid = np.interp(np.linspace(0, T - 1, num_steps)[::-1], np.arange(T), sigmas)
         else:
-            grid = sigmas[discrete.respace_timesteps(T, num_steps, spacing)]
+            grid = sigmas[respace_timesteps(T, num_steps, spacing)]
         return np.append(grid, 0.0)
 
     def sample(self, denoise: Denoise, x_T, key, cond=None, sampler: str = "ddim", num_steps: Optional[int] = None,
                spacing: str = "", rho: float = 7.0, **kwargs):
-        if sampler in discrete.SAMPLERS:
-            for k in solvers.SOLVER_OPTIONS:
+        if sampler in SAMPLERS:
+            for k in SOLVER_OPTIONS:
                 kwargs.pop(k, None)
             if num_steps:
                 kwargs["num_steps"] = num_steps
             if spacing:
                 kwargs["spacing"] = spacing
-            return discrete.sample(denoise, self.schedule, x_T, key, sampler=sampler, cond=cond,
+            return discrete_sample(denoise, self.schedule, x_T, key, sampler=sampler, cond=cond,
                                    prediction_type=self.prediction_type, **kwargs)
         if kwargs.pop("final_alpha_cumprod", None) is not None:
             raise ValueError(f"final_alpha_cumprod is a ddim option, not one of sampler {sampler!r}")
-        grid = self.time_grid(num_steps or solvers.DEFAULT_STEPS.get(sampler, 50), spacing, rho)
+        grid = self.time_grid(num_steps or DEFAULT_STEPS.get(sampler, 50), spacing, rho)
         kwargs.pop("shift", None)
-        return solvers.solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
+        return solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------- flow
@@ -231,21 +239,21 @@ class FlowProcess(ContinuousView):
 
     def sample(self, denoise: Denoise, x_T, key, cond=None, sampler: str = "heun", num_steps: Optional[int] = None,
                shift: float = 1.0, **kwargs):
-        if sampler not in solvers.SOLVERS:
+        if sampler not in SOLVERS:
             raise _no_discrete_sampler(self.name, sampler)
         for k in ("spacing", "rho"):
             kwargs.pop(k, None)
         if kwargs.pop("final_alpha_cumprod", None) is not None:
             raise ValueError("final_alpha_cumprod is a ddim option; the flow process ends at t = 0")
-        grid = self.time_grid(num_steps or solvers.DEFAULT_STEPS[sampler], shift)
-        return solvers.solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
+        grid = self.time_grid(num_steps or DEFAULT_STEPS[sampler], shift)
+        return solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------- edm
 
 
 @dataclasses.dataclass(frozen=True)
-class EDMProcess(ContinuousView):
+class EDMProcess(VarianceExploding):
     """Karras et al. 2022: x = x0 + sigma eps, preconditioned denoiser, log-normal sigma, lambda-weighted loss."""
     sigma_data: float = 0.5
     p_mean: float = -1.2
@@ -259,23 +267,6 @@ class EDMProcess(ContinuousView):
             raise ValueError(f"need 0 < diffusion.edm_sigma_min < edm_sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not (self.sigma_data > 0 and self.p_std > 0):
             raise ValueError(f"diffusion.edm_sigma_data and edm_p_std must be > 0, got {self.sigma_data}, {self.p_std}")
-
-    def alpha_sigma(self, u):
-        u = jnp.asarray(u, jnp.float32)
-        return jnp.ones_like(u), u
-
-    def d_alpha_sigma(self, u):
-        u = jnp.asarray(u, jnp.float32)
-        return jnp.zeros_like(u), jnp.ones_like(u)
-
-    def sigma_tilde(self, u):
-        return jnp.asarray(u, jnp.float32)
-
-    def u_of_sigma_tilde(self, s):
-        return s
-
-    def diffusion_sq(self, u):
-        return 2.0 * jnp.asarray(u, jnp.float32)  # EDM's reverse SDE with beta(t) = sigma'(t) / sigma(t)
 
     def prior_scale(self, u):
         return float(u)  # EDM Algorithm 2: x_0 ~ N(0, t_0^2 I)
@@ -309,18 +300,18 @@ class EDMProcess(ContinuousView):
         return self.loss_weight(sigma) * _per_example_mse(d, x0)
 
     def time_grid(self, num_steps: int, rho: float = 7.0) -> np.ndarray:
-        return np.append(solvers.karras_sigmas(num_steps, self.sigma_min, self.sigma_max, rho), 0.0)
+        return np.append(karras_sigmas(num_steps, self.sigma_min, self.sigma_max, rho), 0.0)
 
     def sample(self, denoise: Denoise, x_T, key, cond=None, sampler: str = "heun", num_steps: Optional[int] = None,
                rho: float = 7.0, **kwargs):
-        if sampler not in solvers.SOLVERS:
+        if sampler not in SOLVERS:
             raise _no_discrete_sampler(self.name, sampler)
         for k in ("spacing", "shift"):
             kwargs.pop(k, None)
         if kwargs.pop("final_alpha_cumprod", None) is not None:
             raise ValueError("final_alpha_cumprod is a ddim option; the edm process ends at sigma = 0")
-        grid = self.time_grid(num_steps or solvers.DEFAULT_STEPS[sampler], rho)
-        return solvers.solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
+        grid = self.time_grid(num_steps or DEFAULT_STEPS[sampler], rho)
+        return solve(self, denoise, x_T, key, cond, grid, sampler, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------ factory

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.diffusion import solvers
+from ddpm_jax.diffusion.solvers import DEFAULT_STEPS as SOLVER_DEFAULT_STEPS, SOLVERS
+from ddpm_jax.diffusion.solvers import num_function_evaluations as solver_nfe
 from ddpm_jax.diffusion.process import _bcast, posterior_mean_variance, prediction_to_x0_eps, x0_to_eps
 from ddpm_jax.diffusion.schedules import Schedule, respace_timesteps
 
@@ -250,6 +251,6 @@ def sample(denoise, schedule, x_T, key, sampler: str = "ddim", **kwargs):
 def num_function_evaluations(sampler: str, num_steps: Optional[int], num_timesteps: int) -> int:
     """Network calls per sampling run (classifier-free guidance doubles each call's batch, not the count); the ODE/SDE
     solvers of :mod:`ddpm_jax.diffusion.solvers` included (heun: 2N - 1)."""
-    if sampler in solvers.SOLVERS:
-        return solvers.num_function_evaluations(sampler, num_steps or solvers.DEFAULT_STEPS[sampler])
+    if sampler in SOLVERS:
+        return solver_nfe(sampler, num_steps or SOLVER_DEFAULT_STEPS[sampler])
     return num_steps or (num_timesteps if sampler == "ddpm" else {"ddim": 50, "dpm_solver_pp_2m": 20}[sampler])

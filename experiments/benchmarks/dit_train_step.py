@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -23,16 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from ddpm_jax.data.sources import ArraySource  # noqa: E402
 from ddpm_jax.default_config import base_config  # noqa: E402
 from ddpm_jax.models.build import DIT_SIZES  # noqa: E402
 from ddpm_jax.tasks import get_task  # noqa: E402
-from ddpm_jax.training import loop  # noqa: E402
-from ddpm_jax.training.steps import make_train_step  # noqa: E402
 from malloc_env import MALLOC_ENV, reexec_with_malloc_env  # noqa: E402
-from train_step import matmul_gflops  # noqa: E402
+from train_step import matmul_gflops, time_jax_train_step, time_torch_train_step  # noqa: E402
 
 LATENT = (32, 32, 4)  # DiT's 256 px ImageNet latents
 NUM_CLASSES = 1000
@@ -54,64 +50,22 @@ def dit_run(size: str, patch: int, shared: bool, dtype: str = "float32"):
 
 
 def bench_ours(size: str, patch: int, batch: int, steps: int, shared: bool):
-    run = dit_run(size, patch, shared)
-    tx = optax.adamw(1e-4)
-    state = jax.jit(loop.make_init_fn(run, tx))(jax.random.key(0))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    step = jax.jit(make_train_step(run.task.loss(run), tx, lambda s: 1e-4, 0.9999), donate_argnums=0)
     data = {"image": jax.random.normal(jax.random.key(1), (batch,) + LATENT),
             "label": jax.random.randint(jax.random.key(2), (batch,), 0, NUM_CLASSES)}
-    t0 = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    state, m = compiled(state, data)
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, data)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / steps
-    return {"step_s": dt, "images_per_s": batch / dt, "flops": float(cost.get("flops", 0.0)), "compile_s": compile_s,
-            "params": n_params}
+    return time_jax_train_step(dit_run(size, patch, shared), data, steps, 1e-4)
 
 
 def bench_diffusers(size: str, patch: int, batch: int, steps: int):
     import torch
     from diffusers import DiTTransformer2DModel
 
-    torch.set_num_threads(os.cpu_count())
     hidden, depth, heads = DIT_SIZES[size]
     model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=hidden // heads,
                                   in_channels=LATENT[-1], out_channels=LATENT[-1], num_layers=depth,
                                   sample_size=LATENT[0], patch_size=patch, num_embeds_ada_norm=NUM_CLASSES)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ema = [p.detach().clone() for p in model.parameters()]
-    x0 = torch.randn(batch, LATENT[-1], LATENT[0], LATENT[1])
     labels = torch.randint(0, NUM_CLASSES, (batch,))
-
-    def one_step():
-        t = torch.randint(0, 1000, (batch,))
-        noise = torch.randn_like(x0)
-        ab = torch.rand(batch, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        loss = torch.mean((model(xt, timestep=t, class_labels=labels).sample - noise) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema, model.parameters()):
-                e.mul_(0.9999).add_(p.detach(), alpha=1e-4)
-
-    model.train()
-    one_step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    dt = (time.perf_counter() - t0) / steps
-    return {"step_s": dt, "images_per_s": batch / dt, "params": n_params}
+    predict = lambda m, xt, t: m(xt, timestep=t, class_labels=labels).sample
+    return time_torch_train_step(model, predict, torch.randn(batch, LATENT[-1], LATENT[0], LATENT[1]), steps, 1e-4)
 
 
 def main():

@@ -57,51 +57,46 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def bench_ours(batch: int, steps: int):
-    run = ddpm_cifar10_run()
-    tx = optax.adamw(2e-4)
+def time_jax_train_step(run, data: dict, steps: int, lr: float) -> dict:
+    """Our jitted train step (fwd, bwd, AdamW, EMA) of ``run`` on the fixed batch ``data``: time per step after
+    compilation, images/s, FLOPs per step (XLA cost analysis), compile time and parameter count."""
+    tx = optax.adamw(lr)
     state = jax.jit(loop.make_init_fn(run, tx))(jax.random.key(0))
-    step = jax.jit(make_train_step(run.task.loss(run), tx, lambda s: 2e-4, 0.9999), donate_argnums=0)
-    batch_data = {"image": jax.random.normal(jax.random.key(1), (batch, 32, 32, 3)),
-                  "label": jnp.zeros((batch,), jnp.int32)}
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    step = jax.jit(make_train_step(run.task.loss(run), tx, lambda s: lr, 0.9999), donate_argnums=0)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch_data).compile()
+    compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0))
-    state, m = compiled(state, batch_data)
+    state, m = compiled(state, data)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = compiled(state, batch_data)
+        state, m = compiled(state, data)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t) / steps
-    return {"step_s": dt, "images_per_s": batch / dt, "flops": flops, "compile_s": compile_s}
+    batch = len(data["image"])
+    return {"step_s": dt, "images_per_s": batch / dt, "flops": float(cost.get("flops", 0.0)), "compile_s": compile_s,
+            "params": n_params}
 
 
-def bench_diffusers(batch: int, steps: int):
+def time_torch_train_step(model, predict, x0, steps: int, lr: float) -> dict:
+    """The same step in PyTorch eager: eps loss of ``predict(model, x_t, t)`` on ``x0`` (NCHW), AdamW, EMA 0.9999."""
     import torch
-    from diffusers import UNet2DModel
 
     torch.set_num_threads(os.cpu_count())
-    model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                        block_out_channels=(128, 256, 256, 256),
-                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                        dropout=0.1, attention_head_dim=None, norm_num_groups=32, flip_sin_to_cos=False,
-                        freq_shift=1, resnet_time_scale_shift="default", add_attention=True)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ema = [p.detach().clone() for p in model.parameters()]
-    x0 = torch.randn(batch, 3, 32, 32)
+    batch = x0.shape[0]
 
     def one_step():
         t = torch.randint(0, 1000, (batch,))
         noise = torch.randn_like(x0)
         ab = torch.rand(batch, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        loss = torch.mean((model(xt, t).sample - noise) ** 2)
+        loss = torch.mean((predict(model, xt, t) - noise) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,6 +111,24 @@ def bench_diffusers(batch: int, steps: int):
         one_step()
     dt = (time.perf_counter() - t0) / steps
     return {"step_s": dt, "images_per_s": batch / dt, "params": n_params}
+
+
+def bench_ours(batch: int, steps: int):
+    data = {"image": jax.random.normal(jax.random.key(1), (batch, 32, 32, 3)), "label": jnp.zeros((batch,), jnp.int32)}
+    return time_jax_train_step(ddpm_cifar10_run(), data, steps, 2e-4)
+
+
+def bench_diffusers(batch: int, steps: int):
+    import torch
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                        block_out_channels=(128, 256, 256, 256),
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                        dropout=0.1, attention_head_dim=None, norm_num_groups=32, flip_sin_to_cos=False,
+                        freq_shift=1, resnet_time_scale_shift="default", add_attention=True)
+    return time_torch_train_step(model, lambda m, xt, t: m(xt, t).sample, torch.randn(batch, 3, 32, 32), steps, 2e-4)
 
 
 def main():
