@@ -43,6 +43,7 @@ def test_autoencoder_resume_is_bit_identical(tmp_path):
     assert_trees_equal(straight, resumed)
 
 
+@pytest.mark.slow
 def test_autoencoder_samples_from_its_prior_as_a_vae(tmp_path):
     cfg = autoencoder_config(**{"training.num_steps": 4, "training.checkpoint_every": 4})
     cfg.autoencoder.kl_weight, cfg.autoencoder.reconstruction = 0.02, "l2"
@@ -62,6 +63,7 @@ def test_hinge_losses_match_their_definitions():
     np.testing.assert_allclose(float(generator_loss(fake)), -np.mean(fake), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_adversarial_terms_switch_on_at_disc_start():
     """Before autoencoder.disc_start the discriminator gets no gradient and the autoencoder's gradient is the plain
     reconstruction + KL one; from it on, both players get the adversarial terms (each through stop_gradient)."""
@@ -85,6 +87,7 @@ def test_adversarial_terms_switch_on_at_disc_start():
     assert norm(jax.tree.map(lambda a, b: a - b, after["autoencoder"], before["autoencoder"])) > 1e-6
 
 
+@pytest.mark.slow
 def test_autoencoder_with_discriminator_trains_checkpoints_and_loads_without_it(tmp_path):
     import jax
 

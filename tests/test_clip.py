@@ -128,6 +128,7 @@ def bert_folder(tmp_path_factory):
     return golden, write_golden_folder(golden, "bert", str(tmp_path_factory.mktemp("clip") / "bert"))
 
 
+@pytest.mark.slow
 def test_domain_clip_scores_through_the_frozen_text_encoder(bert_folder, tiny_params):
     from ddpm_jax.models.text_encoder import TextEncoder
 
@@ -145,6 +146,7 @@ def test_domain_clip_scores_through_the_frozen_text_encoder(bert_folder, tiny_pa
         domain.embed_images(images * 3)
 
 
+@pytest.mark.slow
 def test_pretrained_flax_clip_from_local_folder(bert_folder, tmp_path):
     from transformers import CLIPConfig, FlaxCLIPModel
 

@@ -69,6 +69,7 @@ def ddim_steps_numpy(eps_fn, z, *ts, clip=1.0):
     return x_tilde, z_end
 
 
+@pytest.mark.slow
 def test_progressive_target_is_two_guided_teacher_ddim_steps(teacher):
     """The loss target x~ of a round (student 4 steps, teacher 8) is what two guided DDIM steps of the teacher give,
     recomputed here in float64; one student DDIM step with x0 = x~ lands where the teacher's two steps do."""
@@ -115,6 +116,7 @@ def test_progressive_target_is_two_guided_teacher_ddim_steps(teacher):
     np.testing.assert_allclose(np.asarray(out["weight"]), np.maximum(snr, 1.0), rtol=1e-4)  # truncated SNR
 
 
+@pytest.mark.slow
 def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path):
     cfg = student_config(teacher)
     run = build_run(cfg)
@@ -134,6 +136,7 @@ def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path):
     assert json.load(open(out["json"]))["distill"]["num_steps"] == 4
 
 
+@pytest.mark.slow
 def test_resume_mid_round_is_bit_identical(teacher, tmp_path):
     """Rounds 8 -> 4 -> 2 of 3 steps each; a run stopped at step 4 (inside round 1, its teacher already the round-0
     student) and resumed ends bit-identical to an uninterrupted one: the teacher is restored from the checkpoint."""
@@ -229,6 +232,7 @@ def test_consistency_boundary_condition_is_exact(teacher):
     np.testing.assert_allclose(np.asarray(at_max), np.asarray(d), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_consistency_training_and_multistep_sampling(teacher, tmp_path):
     cfg = student_config(teacher, **{"distill.method": "consistency", "distill.target_ema": 0.5,
                                       "distill.solver": "ddim", "optim.warmup_steps": 0})

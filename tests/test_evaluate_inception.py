@@ -47,6 +47,7 @@ def test_samples_mode_reports_fid_kid_and_inception_score(weights, tmp_path):
     assert 1.0 <= report["inception_score"] <= 1008 and "fcd" not in report
 
 
+@pytest.mark.slow
 def test_stats_files_and_distance_mode(weights, tmp_path):
     rng = np.random.default_rng(0)
     a = tmp_path / "a.npz"

@@ -132,6 +132,7 @@ def test_values_within_tolerance_of_unit_range_are_accepted():
     assert x.shape == (1, 1, 2, 3) and x.min() == 0 and x.max() == 1
 
 
+@pytest.mark.slow
 def test_state_dict_round_trips_through_npz(golden, tmp_path):
     path = str(tmp_path / "fid_inception.npz")
     assert save_state_dict_npz(golden["state_dict"], path) == len(golden["shapes"])

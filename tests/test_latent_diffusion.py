@@ -50,6 +50,7 @@ def test_latent_diffusion_trains_on_scaled_latents_and_decodes_samples(autoencod
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8  # decoded to pixels, not latents
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp_2m"])
 def test_every_sampler_works_unchanged_in_latent_space(autoencoder_workdir, latent_workdir, sampler):
     cfg = latent_config(autoencoder_workdir, **{"sampling.sampler": sampler, "sampling.num_steps": 4})

@@ -57,6 +57,7 @@ def test_classifier_features_reject_bad_images(classifier_workdir):
         features(np.zeros((2, 8, 8, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_periodic_eval_writes_fcd_to_the_metrics_log(classifier_workdir, tmp_path):
     cfg = tiny_config(**{"eval.every": 2, "eval.classifier_workdir": classifier_workdir, "eval.num_samples": 16,
                          "eval.num_steps": 3})
@@ -67,6 +68,7 @@ def test_periodic_eval_writes_fcd_to_the_metrics_log(classifier_workdir, tmp_pat
     assert all(np.isfinite(r["eval/fcd"]) and "eval/class_accuracy" in r and "eval/fid" not in r for r in evals)
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_a_checkpoint_in_classifier_space(classifier_workdir, tmp_path):
     wd = str(tmp_path / "model")
     loop.train(tiny_config(), wd)

@@ -63,6 +63,7 @@ def test_toy_grid_writes_table_plot_and_every_cell(runs, tmp_path):
     assert f"{c['fcd']:.3f} [n/a]" in table and "predates bootstrap intervals" in table and "| **" not in table
 
 
+@pytest.mark.slow
 def test_every_cell_starts_from_the_same_noise(runs):
     """Same seed, same keys: DDPM with the posterior variance and DDIM eta = 1 are one process (DDIM sec. 4.1), so
     their samples agree; a sampler that drew other noise would not."""

@@ -104,6 +104,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert err < 1e-5 and loss_err < 1e-5
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resume_matches_uninterrupted_run(tmp_path):
     """SIGTERM after the first checkpoint: the current step finishes, is saved, the process exits 0 with a log line;
     the same command resumes to the end, bit-identical to an uninterrupted run."""
@@ -181,6 +182,7 @@ def run_steps(cfg, state, num_steps, grad_accum_steps=1, loss_fn=None, batches=N
     return state, np.asarray(history), run
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_state_and_tracks_float32_loss():
     """model.dtype=bfloat16: convolutions run in bf16, params/optimizer state/loss stay float32, and the losses of 6
     steps from the same init stay within 1% of float32 (measured: max relative difference 1.6e-4)."""
@@ -202,6 +204,7 @@ def test_bf16_compute_keeps_float32_state_and_tracks_float32_loss():
     assert 0 < rel < 0.01
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_step_on_the_whole_batch():
     """4 micro-batches of 4 vs one batch of 16 (L_simple with t and noise fixed per example, so both see the same
     per-example losses): losses and parameters after 3 AdamW steps agree (measured max |param diff| ~1e-8)."""

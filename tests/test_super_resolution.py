@@ -40,6 +40,7 @@ def sr_apply_fn():
     return jax.jit(lambda p, x, t, low, s: SR_UNET.apply({"params": p}, x, t, {"low_res": low, "aug_level": s}))
 
 
+@pytest.mark.slow
 def test_sr_unet_concatenates_upsampled_low_res_and_keeps_output_channels(sr_apply_fn):
     x, low = jnp.zeros((2, 8, 8, 1)), jnp.ones((2, 4, 4, 1))
     params = _perturbed_params(SR_UNET, x, low)
@@ -198,6 +199,7 @@ def cascade_workdirs(tmp_path_factory):
     return base_dir, sr_dir
 
 
+@pytest.mark.slow
 def test_two_stage_cascade_generates_final_resolution_images(cascade_workdirs, tmp_path):
     base_dir, sr_dir = cascade_workdirs
     labels = np.array([7, 7, 3, 1, 0], np.int32)
@@ -280,6 +282,7 @@ def test_sample_mode_super_resolves_held_out_images(cascade_workdirs):
         assert z["images"].shape == (9, 8, 8, 1) and z["images"].dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_cascade_from_a_text_to_image_base(cascade_workdirs, tmp_path, tiny_encoder_path):
     """Prompt -> text-conditional 4x4 base (the tiny test encoder's first layer) -> the 4 -> 8 SR stage."""
     base = str(tmp_path / "t2i")

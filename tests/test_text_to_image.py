@@ -63,6 +63,7 @@ def perturbed_params(params, key=jax.random.PRNGKey(7), scale=0.05):
     return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
 
 
+@pytest.mark.slow
 def test_text_run_trains_on_cached_caption_embeddings(t2i_workdir, t2i_run):
     record = json.load(open(os.path.join(t2i_workdir, "text_encoder.json")))
     assert record["num_layers"] == 1 and record["dim"] == HIDDEN and record["max_length"] == 16
@@ -167,6 +168,7 @@ def run_generate(*args):
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_generate_command_writes_a_png_grid_and_npz(t2i_workdir, tmp_path):
     out = str(tmp_path / "two.png")
     proc = run_generate(f"--workdir={t2i_workdir}", "--prompt", PROMPT, "--guidance", "3", "--num", "5",
@@ -228,6 +230,7 @@ def clip_config(**overrides):
     return c
 
 
+@pytest.mark.slow
 def test_clip_trains_through_the_trainer_and_scores_images(tmp_path):
     from ddpm_jax.evaluation.quality import clip_score_of, load_domain_clip
 

@@ -83,6 +83,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
     assert_trees_equal(straight, restore(cfg, wd))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     wd = str(tmp_path)
     cfg = tiny_config()
@@ -100,6 +101,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     assert int(resumed.step) == 4
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_saving_anything_nonfinite(tmp_path):
     wd = str(tmp_path)
     cfg = tiny_config(**{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,

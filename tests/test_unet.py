@@ -178,6 +178,7 @@ def test_class_labels_condition_output_and_none_is_the_null_label():
     assert params["params"]["class_embed"]["embedding"].shape == (6, 4 * TINY["ch"])
 
 
+@pytest.mark.slow
 def test_jit_grad_is_finite_and_nonzero_for_every_param():
     model = UNet(**TINY, num_classes=3)
     x, t = tiny_inputs()

@@ -69,6 +69,7 @@ def test_toy_comparison_scores_every_model_alike(runs, tmp_path):
     assert f"| {latent['fcd']:.3f} [n/a] |" in table and "predates bootstrap intervals" in table
 
 
+@pytest.mark.slow
 def test_a_model_on_other_data_is_refused(runs, tmp_path):
     driver = load_driver()
     config = json.loads(open(os.path.join(runs["pixel"], "config.json")).read())

@@ -84,6 +84,7 @@ def test_changed_model_is_refused_and_nothing_is_moved_or_rewritten(trained, tmp
     assert "already trained to step 4" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_safe_changes_are_appended_to_the_history_and_the_record_is_kept(trained, tmp_path):
     wd = copy_of(trained, tmp_path)
     record = open(os.path.join(wd, "config.json")).read()
@@ -119,6 +120,7 @@ def test_a_second_trainer_is_refused_while_the_first_runs(tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
     wd = copy_of(trained, tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -204,6 +206,7 @@ def _mount_tmpfs(path, size):
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_read_only_workdir_is_one_line_and_a_prompt_exit(trained):
     mount = tempfile.mkdtemp(prefix="ro_")
     if not _mount_tmpfs(mount, "16m"):
@@ -223,6 +226,7 @@ def test_read_only_workdir_is_one_line_and_a_prompt_exit(trained):
         subprocess.run(["umount", mount])
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_is_one_line_a_prompt_exit_and_the_last_checkpoint_stays(trained, tmp_path):
     mount = tempfile.mkdtemp(prefix="full_")
     # one tiny-run checkpoint is ~2.9 MB (params, EMA and two Adam moments of 177k float32 values)
