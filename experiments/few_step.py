@@ -62,7 +62,7 @@ PRESETS = {
     "cpu": dict(teacher_workdir=os.path.join(ROOT, "runs", "quickstart"),
                 classifier_workdir=os.path.join(ROOT, "runs", "classifier_digits"), nfes="1,2,4,8",
                 teacher_steps=50, eval_samples=500, sample_batch=250, batch_size=64, lr=2e-4, ema_decay=0.99,
-                start_steps=64, steps_per_round=300, num_scales=18, consistency_steps=1800, target_ema=0.95,
+                start_steps=64, steps_per_round=250, num_scales=18, consistency_steps=1200, target_ema=0.95,
                 consistency_lr=1e-4, consistency_solver="heun"),
     "toy": dict(teacher_workdir="", classifier_workdir="", nfes="1,2", teacher_steps=4, eval_samples=20,
                 sample_batch=20, batch_size=8, lr=2e-4, ema_decay=0.9, start_steps=4, steps_per_round=2,
