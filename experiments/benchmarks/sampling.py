@@ -3,6 +3,7 @@
     python experiments/benchmarks/sampling.py [--config configs/quickstart.py] [--steps 50] [--batches 1,16,64]
                                               [--reps 3] [--out FILE.md]
     python experiments/benchmarks/sampling.py --quick     # smoke test: batches 1 and 4, 5 steps, 1 repetition
+    python experiments/benchmarks/sampling.py --distilled [--distilled_batch 64] [--out FILE.md]
 
 For the config's U-Net (random weights: speed only; classifier-free guidance as the config sets it) and each sampler
 (DDPM ancestral, DDIM eta = 0 and 1, DPM-Solver++(2M)) at every batch size:
@@ -14,11 +15,18 @@ For the config's U-Net (random weights: speed only; classifier-free guidance as 
 
 The ratio is what compiling the loop saves (per-step dispatch, and fusion across steps); the last column checks that
 the two give the same samples.
+
+``--distilled`` times the few-step samplers of ``task=distill`` (ddpm_jax/tasks/distill.py) on the same U-Net against
+the teacher's 50-step guided DDIM: the progressive student's sampler (trailing DDIM at 1, 2, 4, 8 steps, no guidance:
+it is distilled in) and multistep consistency sampling (1, 2, 4 steps). Speed does not depend on the weights; the
+quality of each (method, NFE), when experiments/results/few_step.json holds it, is printed next to it, so the table
+reads as images/s at a measured quality.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import sys
@@ -36,6 +44,8 @@ from ddpm_jax import diffusion  # noqa: E402
 from ddpm_jax.diffusion import samplers  # noqa: E402
 from ddpm_jax.models.denoiser import denoiser_fn  # noqa: E402
 from ddpm_jax.tasks import build_run  # noqa: E402
+from ddpm_jax.tasks.distill import (consistency_sample, consistency_sample_indices, consistency_sigmas,  # noqa: E402
+                                    x0_transform_of)
 from ddpm_jax.tasks.sampling import sampler_kwargs  # noqa: E402
 from experiments.scoring import machine_description  # noqa: E402
 
@@ -150,6 +160,78 @@ def format_row(r: dict) -> str:
             f"{r['python_s'] / r['loop_s']:.2f}× | {r['max_abs_diff']:.1e} |")
 
 
+FEW_STEP_RESULTS = os.path.join(ROOT, "experiments", "results", "few_step.json")
+
+
+def consistency_sampler(run, sampling, steps: int, num_scales: int = 18, rho: float = 7.0, sigma_data: float = 0.5):
+    """A consistency student's multistep sampler (the distill task's default discretisation) on ``run``'s model."""
+    sigmas = consistency_sigmas(run.process, num_scales, rho)
+    indices = consistency_sample_indices(num_scales, steps)
+    transform = x0_transform_of(sampling)
+
+    @jax.jit
+    def fn(params, x_T, key, cond):
+        return consistency_sample(run.process, denoiser_fn(run.model, params), x_T, key, cond, sigmas, indices,
+                                  sigma_data, transform)
+
+    return fn
+
+
+def measured_quality(method: str, nfe: int) -> str:
+    """``FCD value [lo, hi]`` of (method, NFE) from the few-step experiment's results, or "-"."""
+    if not os.path.exists(FEW_STEP_RESULTS):
+        return "-"
+    with open(FEW_STEP_RESULTS) as fh:
+        rows = json.load(fh)["rows"]
+    row = next((r for r in rows if r["method"] == method and r["nfe"] == nfe), None)
+    if row is None:
+        return "-"
+    lo, hi = row.get("fcd_ci", (float("nan"), float("nan")))
+    return f"{row['fcd']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def bench_distilled(config, batch: int, reps: int) -> list:
+    """images/s of the teacher's guided 50-step DDIM and of the distilled samplers at ``batch``."""
+    run = build_run(config)
+    params = jax.jit(run.init_params)(jax.random.key(0))
+    x_T = jax.random.normal(jax.random.key(1), (batch,) + tuple(run.image_shape))
+    cond, _, _ = run.task.sample_cond(run, batch)
+    args = (params, x_T, jax.random.key(2), {k: jnp.asarray(v) for k, v in cond.items()})
+    teacher = config.sampling.copy_and_resolve_references()
+    teacher.sampler, teacher.num_steps, teacher.eta = "ddim", 50, 0.0
+    student = teacher.copy_and_resolve_references()
+    student.guidance_scale, student.spacing = 1.0, "trailing"
+    plans = [("teacher ddim 50 (reference)", 50, teacher.guidance_scale,
+              lambda: run.task.make_sample_fn(run, teacher))]
+    for n in (1, 2, 4, 8):
+        s = student.copy_and_resolve_references()
+        s.num_steps = n
+        plans.append(("progressive", n, 1.0, lambda s=s: run.task.make_sample_fn(run, s)))
+    for n in (1, 2, 4):
+        plans.append(("consistency", n, 1.0, lambda n=n: consistency_sampler(run, student, n)))
+    rows = []
+    for method, nfe, w, make in plans:
+        fn = make()
+        t0 = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(compiled(*args))
+        seconds = time_runs(compiled, args, reps)
+        rows.append({"method": method, "nfe": nfe, "calls": nfe * (2 if w != 1.0 else 1), "batch": batch,
+                     "compile_s": compile_s, "images_per_sec": batch / seconds, "quality": measured_quality(method, nfe)})
+        print(format_distilled(rows[-1]), flush=True)
+    return rows
+
+
+DISTILLED_HEADER = ("| sampler | NFE | network calls / image | batch | compile s | img/s | FCD [95% interval] "
+                    "(few_step.json) |")
+
+
+def format_distilled(r: dict) -> str:
+    return (f"| {r['method']} | {r['nfe']} | {r['calls']} | {r['batch']} | {r['compile_s']:.2f} | "
+            f"{r['images_per_sec']:.1f} | {r['quality']} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "quickstart.py"))
@@ -158,10 +240,28 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: batches 1,4, 5 steps, 1 repetition")
     parser.add_argument("--out", default="", help="also write the table as markdown to this file")
+    parser.add_argument("--distilled", action="store_true",
+                        help="time the distilled few-step samplers against the teacher's 50-step guided DDIM instead")
+    parser.add_argument("--distilled_batch", type=int, default=64)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batches, args.reps = 5, "1,4", 1
     config = load_config(args.config)
+    if args.distilled:
+        intro = [f"# Sampling speed of the distilled samplers ({os.path.relpath(args.config, ROOT)})", "",
+                 f"Machine: {machine_description()}. The config's U-Net with random weights (speed only), batch "
+                 f"{args.distilled_batch}, the whole sampler compiled once; median of {args.reps} runs after "
+                 f"compilation. The teacher uses its guidance scale {config.sampling.guidance_scale:g} (a conditional "
+                 f"and an unconditional call per step); the students are sampled without guidance. Quality: FCD of "
+                 f"the same (method, NFE) in experiments/results/few_step.json (trained models; \"-\": not "
+                 f"measured).", "", DISTILLED_HEADER, "|" + "---|" * 7]
+        print("\n".join(intro), flush=True)
+        rows = bench_distilled(config, args.distilled_batch, args.reps)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write("\n".join(intro + [format_distilled(r) for r in rows]) + "\n")
+            print(f"wrote {args.out}")
+        return rows
     batches = [int(b) for b in args.batches.split(",")]
     m = config.model
     intro = [f"# Sampling speed: compiled loop vs Python loop ({os.path.relpath(args.config, ROOT)})", "",
