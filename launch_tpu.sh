@@ -10,6 +10,13 @@
 # A gs://BUCKET/PATH workdir is mounted with gcsfuse on every worker (multi-host checkpoints need one shared folder).
 # Rerunning the same command after a preemption resumes from the last checkpoint (the trainer saves on SIGTERM).
 #
+# Streaming data (--config.data.name=arrayrecord:DIR, made by `python -m ddpm_jax.data.prepare`; DIR on a disk or
+# mount every worker reads): each worker decodes only its own slice of every global batch with grain. --grain-threads
+# N (a TPU VM host has 96+ vCPUs: 16 is a good start), --grain-prefetch N (batches decoded ahead; given threads but no
+# prefetch: 2 x threads) and --grain-workers N (grain worker processes; 0 = threads only) set data.grain.* on every
+# worker (not given: the config's values). They change how fast batches come, never which, and may differ between a
+# run and its resume.
+#
 # Example (the DDPM paper's hardware):
 #   ./launch_tpu.sh --name ddpm-v3 --zone europe-west4-a --accelerator-type v3-8 \
 #       --config configs/ddpm_cifar10.py --workdir gs://my-bucket/ddpm_cifar10 -- --config.model.dtype=bfloat16
@@ -29,13 +36,16 @@ usage: launch_tpu.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [opti
   --repo URL [--ref REF]    git clone URL (at REF) on the workers instead of copying this working tree
   --detach                  run under nohup (log: ~/ddpm_jax_train.log on each worker) and return
   --dry-run                 print the commands, run nothing
+  --grain-threads N         arrayrecord:DIR datasets: grain decoding threads per host (16 is a good start)
+  --grain-prefetch N        batches decoded ahead per host (with --grain-threads: default 2 x threads)
+  --grain-workers N         grain worker processes per host (0: decode in threads)
 Flags after -- go to every worker's ddpm_jax.main in double quotes, so '$HOME/...' expands on the workers.
 EOF
   exit 2
 }
 
 NAME="" ZONE="" CONFIG="" WORKDIR="" ACCEL="v3-8" VERSION="tpu-ubuntu2204-base" PROJECT="" SPOT=0 REPO="" REF=""
-DETACH=0 DRY_RUN=0 EXTRA=()
+DETACH=0 DRY_RUN=0 EXTRA=() GRAIN_THREADS="" GRAIN_PREFETCH="" GRAIN_WORKERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
@@ -50,6 +60,9 @@ while [ $# -gt 0 ]; do
     --ref) REF=$2; shift 2 ;;
     --detach) DETACH=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --grain-threads) GRAIN_THREADS=$2; shift 2 ;;
+    --grain-prefetch) GRAIN_PREFETCH=$2; shift 2 ;;
+    --grain-workers) GRAIN_WORKERS=$2; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "launch_tpu.sh: unknown argument $1 (flags for ddpm_jax.main go after --)" >&2; usage ;;
@@ -58,6 +71,10 @@ done
 for required in NAME ZONE CONFIG WORKDIR; do
   [ -n "${!required}" ] || { echo "launch_tpu.sh: --$(echo "$required" | tr A-Z a-z) is required" >&2; usage; }
 done
+for n in GRAIN_THREADS GRAIN_PREFETCH GRAIN_WORKERS; do
+  [[ ${!n} =~ ^[0-9]*$ ]] || { echo "launch_tpu.sh: --$(echo "$n" | tr A-Z_ a-z-) must be a whole number, got ${!n}" >&2; exit 2; }
+done
+[ -n "$GRAIN_THREADS" ] && [ -z "$GRAIN_PREFETCH" ] && GRAIN_PREFETCH=$((2 * GRAIN_THREADS))
 
 # Quote one word for a POSIX shell (plain words stay bare so that printed commands stay readable).
 quote() {
@@ -133,6 +150,10 @@ fi
 
 # 5. train: the same command on all workers.
 TRAIN="python3 -m ddpm_jax.main --config=$(quote "$CONFIG") --workdir=$REMOTE_WORKDIR"
+# grain's reader settings, when given (in-memory datasets ignore them); flags after -- come later and win
+[ -n "$GRAIN_THREADS" ] && TRAIN+=" --config.data.grain.threads=$GRAIN_THREADS"
+[ -n "$GRAIN_PREFETCH" ] && TRAIN+=" --config.data.grain.prefetch=$GRAIN_PREFETCH"
+[ -n "$GRAIN_WORKERS" ] && TRAIN+=" --config.data.grain.workers=$GRAIN_WORKERS"
 for flag in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(quote_remote "$flag")"; done
 if [ "$DETACH" = 1 ]; then
   on_all_workers "cd ~/ddpm-jax && nohup $TRAIN > ~/ddpm_jax_train.log 2>&1 < /dev/null &"

@@ -28,6 +28,9 @@ setup(
         "pillow",
         "matplotlib",
         "tensorboardX",  # TensorBoard event files without TensorFlow
+        "grain>=0.2.18,<0.3",  # streaming arrayrecord:DIR datasets (tested with 0.2.18)
+        "array-record>=0.8.6,<0.9",  # the prepared datasets' file format (tested with 0.8.6)
+        "msgpack>=1.0",  # the prepared datasets' record encoding
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -11,12 +11,16 @@ def base_config() -> ml_collections.ConfigDict:
     #                                   | distill (a few-step student of a trained diffusion workdir: tasks/distill.py)
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME
+    c.data.name = "digits"        # digits | mnist | fashion_mnist | tfds:NAME | folder:PATH | arrayrecord:DIR
     c.data.split = "train"
     c.data.data_dir = ""          # IDX folder or TFDS data_dir; "" = the dataset's default location
     c.data.image_size = 8         # images are nearest-upsampled or centre-padded to this size
     c.data.random_flip = False
     c.data.channels = 3               # folder:PATH datasets only: images are converted to this many channels
+    c.data.grain = ml_collections.ConfigDict()  # arrayrecord:DIR only: how grain reads (never what: same batches)
+    c.data.grain.threads = 2          # batches decoded concurrently per process (ReadOptions.num_threads)
+    c.data.grain.prefetch = 4         # batches decoded ahead per process (ReadOptions.prefetch_buffer_size)
+    c.data.grain.workers = 0          # > 0: grain worker processes (mp_prefetch) decode instead of this process
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "unet"         # denoiser network (ddpm_jax.models.build.BACKBONES)

@@ -163,7 +163,9 @@ def read_caption_file(path: str) -> list:
     return pairs
 
 
-def _read_image(path: str, mode: str, image_size: Optional[int]) -> np.ndarray:
+def read_image(path: str, mode: str, image_size: Optional[int] = None) -> np.ndarray:
+    """One image file as uint8 [H, W, C] in PIL ``mode`` (L or RGB); with ``image_size`` center-cropped to a square
+    and resized (bicubic) to image_size x image_size."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -199,7 +201,7 @@ def load_caption_folder(folder: str, image_size: Optional[int] = None, channels:
             path = os.path.join(folder, file)
             if not os.path.isfile(path):
                 raise DatasetNotFoundError(f"{path} (named in {caption_file}) not found")
-            cache[file] = _read_image(path, "RGB" if channels == 3 else "L", image_size)
+            cache[file] = read_image(path, "RGB" if channels == 3 else "L", image_size)
         images.append(cache[file])
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -210,8 +212,12 @@ def load_caption_folder(folder: str, image_size: Optional[int] = None, channels:
 
 def load_captioned(name: str, split: str = "train", data_dir: Optional[str] = None, seed: int = 0,
                    **kwargs) -> CaptionedSource:
-    """By config name: ``folder:PATH`` (a captioned image folder; ``split`` unused) or any :func:`load_source` name
-    with labels, captioned through the templates."""
+    """By config name: ``folder:PATH`` (a captioned image folder; ``split`` unused), ``arrayrecord:DIR`` (the
+    captions stored in the prepared records, or templates over its labels) or any :func:`load_source` name with
+    labels, captioned through the templates."""
     if name.startswith("folder:"):
         return load_caption_folder(name[len("folder:"):], **kwargs)
+    if name.startswith("arrayrecord:"):  # a prepared dataset: its records' captions, else templates over its labels
+        source = load_source(name, split, data_dir)
+        return CaptionedSource(source, source.captions) if source.has_captions else caption_source(source, seed)
     return caption_source(load_source(name, split, data_dir, **kwargs), seed)

@@ -1,5 +1,7 @@
 """Deterministic batches: the global batch of step k is a pure function of (seed, k), so the data position of a run
 is its step and resuming needs no iterator state. Each process takes its own contiguous slice of the global batch.
+Prepared ArrayRecord datasets are streamed by :mod:`ddpm_jax.data.streaming` with the same rule (and a checkpointed
+iterator); its ``make_pipeline`` picks one or the other.
 """
 from __future__ import annotations
 
@@ -103,14 +105,6 @@ class BatchPipeline:
         out = {"image": to_model_range(images)}
         out["label"] = (labels if labels is not None else np.zeros(len(idx), np.int32)).astype(np.int32)
         return out
-
-
-def make_pipeline(config, source: ArraySource, process_index: int = 0, process_count: int = 1,
-                  batch_size: Optional[int] = None) -> BatchPipeline:
-    """Build the pipeline from ``config.data`` and ``config.training.batch_size``."""
-    return BatchPipeline(source, batch_size or config.training.batch_size, config.data.image_size,
-                         seed=config.seed, random_flip=config.data.random_flip,
-                         process_index=process_index, process_count=process_count)
 
 
 @dataclasses.dataclass

@@ -1,8 +1,10 @@
-"""Dataset sources: scikit-learn's digits (embedded), MNIST/Fashion-MNIST IDX folders, and prepared TFDS datasets.
+"""Dataset sources: scikit-learn's digits (embedded), MNIST/Fashion-MNIST IDX folders, prepared TFDS datasets (all
+in memory) and prepared ArrayRecord datasets (``arrayrecord:DIR``, streamed: :mod:`ddpm_jax.data.arrayrecord`).
 
-Every source yields an :class:`ArraySource`: random access to uint8 images [N, H, W, C] and int32 labels, so that a
-batch is a pure function of the step (see :mod:`ddpm_jax.data.pipeline`). Nothing downloads: a missing dataset is a
-one-line error that says what is expected and how to obtain it.
+Every in-memory source yields an :class:`ArraySource`, a prepared ArrayRecord dataset an object with the same
+interface: random access to uint8 images [N, H, W, C] and int32 labels, so that a batch is a pure function of the
+step (see :mod:`ddpm_jax.data.pipeline`). Nothing downloads: a missing dataset is a one-line error that says what is
+expected and how to obtain it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ddpm_jax.data.arrayrecord import load_arrayrecord
+from ddpm_jax.data.errors import DatasetNotFoundError
+
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -21,10 +26,6 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                          "ankle boot")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset that is not on this machine; the message says how to get it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,10 @@ def load_idx_dataset(data_dir: str, split: str = "train", name: str = "fashion_m
     """MNIST or Fashion-MNIST from a folder of the official IDX files."""
     if split not in IDX_FILES:
         raise ValueError(f"IDX datasets have splits {sorted(IDX_FILES)}; got {split!r}")
+    if not data_dir:
+        raise DatasetNotFoundError(
+            f"{name}: no IDX folder given: set data.data_dir (prepare: --data_dir) to a folder with the official "
+            f"{name} IDX files (train-images-idx3-ubyte[.gz], ...)")
     if not os.path.isdir(data_dir):
         raise DatasetNotFoundError(
             f"data folder {data_dir} does not exist: it should hold the {name} IDX files "
@@ -113,9 +118,9 @@ def load_idx_dataset(data_dir: str, split: str = "train", name: str = "fashion_m
     return ArraySource(np.ascontiguousarray(images[..., None]), labels.astype(np.int32), name, classes)
 
 
-def load_tfds(name: str, data_dir: Optional[str], split: str = "train", image_key: str = "image",
-              label_key: Optional[str] = "label") -> ArraySource:
-    """A TFDS dataset already prepared under ``data_dir`` (array_record format), read without TensorFlow.
+def open_tfds(name: str, data_dir: Optional[str], split: str = "train"):
+    """The random-access ``tfds.data_source`` of a TFDS dataset already prepared under ``data_dir`` (array_record
+    format), without TensorFlow; a missing one is a one-line :class:`DatasetNotFoundError`.
 
     Prepare it once where the network is available, e.g. ``tfds build cifar10 --data_dir=DIR
     --file_format=array_record``; we never download (an unqualified ``tfds.load`` retries for minutes offline).
@@ -127,26 +132,38 @@ def load_tfds(name: str, data_dir: Optional[str], split: str = "train", image_ke
             f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}; on a machine with network run "
             f"`tfds build {name} --data_dir=DIR --file_format=array_record` and set data.data_dir=DIR")
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared"/"wrong format"
         raise DatasetNotFoundError(f"TFDS dataset {name!r} under {data_dir}: cannot open split {split!r} "
                                    f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def tfds_class_names(source, label_key: Optional[str] = "label") -> tuple:
+    try:
+        return tuple(source.dataset_info.features[label_key].names) if label_key else ()
+    except (AttributeError, KeyError, TypeError):
+        return ()
+
+
+def load_tfds(name: str, data_dir: Optional[str], split: str = "train", image_key: str = "image",
+              label_key: Optional[str] = "label") -> ArraySource:
+    """A TFDS dataset already prepared under ``data_dir`` (:func:`open_tfds`), loaded into memory."""
+    source = open_tfds(name, data_dir, split)
     examples = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(ex[image_key], np.uint8) for ex in examples])
     labels = np.asarray([ex[label_key] for ex in examples], np.int32) if label_key else None
-    try:
-        class_names = tuple(source.dataset_info.features[label_key].names) if label_key else ()
-    except (AttributeError, KeyError, TypeError):
-        class_names = ()
-    return ArraySource(images, labels, name, class_names)
+    return ArraySource(images, labels, name, tfds_class_names(source, label_key))
 
 
 def load_source(name: str, split: str = "train", data_dir: Optional[str] = None, **kwargs) -> ArraySource:
-    """Load a dataset by config name: ``digits``, ``mnist``/``fashion_mnist`` (IDX folder) or ``tfds:NAME``."""
+    """Load a dataset by config name: ``digits``, ``mnist``/``fashion_mnist`` (IDX folder), ``tfds:NAME`` or
+    ``arrayrecord:DIR`` (a prepared dataset, :mod:`ddpm_jax.data.arrayrecord`: random access, not in memory)."""
     if name == "digits":
         return load_digits(split)
     if name in ("mnist", "fashion_mnist"):
         return load_idx_dataset(data_dir or (FASHION_MNIST_DIR if name == "fashion_mnist" else ""), split, name)
     if name.startswith("tfds:"):
         return load_tfds(name[len("tfds:"):], data_dir, split, **kwargs)
-    raise ValueError(f"unknown dataset {name!r}; use digits, mnist, fashion_mnist or tfds:NAME")
+    if name.startswith("arrayrecord:"):  # prepared by `python -m ddpm_jax.data.prepare`; read, never loaded whole
+        return load_arrayrecord(name[len("arrayrecord:"):], split)
+    raise ValueError(f"unknown dataset {name!r}; use digits, mnist, fashion_mnist, tfds:NAME or arrayrecord:DIR")

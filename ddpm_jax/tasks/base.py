@@ -78,7 +78,9 @@ class Task:
         raise NotImplementedError
 
     def pipeline(self, run: Run, workdir: str, main_process: bool):
-        """Training batches: ``.batch(step)`` is a pure function of (seed, step) on each process."""
+        """Training batches: ``.batch(step)`` is a pure function of (seed, step) on each process; a prepared
+        ArrayRecord source streams the same batches in step order through grain (``data_iterator``: its position,
+        saved with each checkpoint)."""
         return make_pipeline(run.config, run.source, jax.process_index(), jax.process_count())
 
     def check_or_write_records(self, run: Run, workdir: str, write: bool = True) -> None:

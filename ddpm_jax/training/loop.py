@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from clu import parameter_overview
 
+from ddpm_jax.data import data_iterator
 from ddpm_jax.evaluation.quality import SampleQuality
 from ddpm_jax.pipelines.images import save_grid
 from ddpm_jax.tasks import build_run
@@ -209,10 +210,22 @@ def _train(config, wd: Workdir, main_process: bool) -> TrainState:
     return state
 
 
+def resume_data(pipeline, checkpointer: Checkpointer, start: int):
+    """The pipeline's checkpointable data iterator (streaming datasets; None for in-memory ones, whose batch is a
+    pure function of the step), set to the position saved with checkpoint ``start`` and checked against it."""
+    data = data_iterator(pipeline)
+    if data is not None:
+        if start:
+            checkpointer.restore_data(start, data)
+        log.info("%s", data.resume_at(start))
+    return data
+
+
 def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, main_process, start):
     run, mesh = setup.run, setup.mesh
     config, t = run.config, run.config.training
     pipeline = run.task.pipeline(run, wd.path, main_process)
+    data = resume_data(pipeline, checkpointer, start)
     step_fn = jax.jit(make_train_step(setup.loss_fn(), setup.tx, setup.lr_schedule, config.optim.ema_decay,
                                       t.grad_accum_steps, setup.step_transition, setup.trainable),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -243,7 +256,7 @@ def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, m
                 writer.write(done, scalars)
                 pending = []
             if due(t.checkpoint_every) or (preempted and last_saved != done):
-                checkpointer.save(done, state, force=preempted)
+                checkpointer.save(done, state, force=preempted, data=data)
                 last_saved = done
             else:
                 checkpointer.check_for_errors()
@@ -262,6 +275,8 @@ def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, m
                     log.info("samples (EMA) -> %s", write_grid(run, params, done, wd.path))
     finally:
         preemption.close()
+        if data is not None:
+            data.close()
     checkpointer.wait()  # the last checkpoint is on disk before the final actions are marked done
     finish(run, state, wd, writer, main_process)
     log.info("done: step %d. outputs in %s (metrics.jsonl, samples/, tensorboard/); checkpoints: %s", t.num_steps,

@@ -6,6 +6,10 @@ config builds is a config error (:class:`CheckpointMismatchError`) and nothing i
 workdir has been quarantined, restoring is a refusal, never a silent restart from step 0. Orbax writes each save to a
 temporary folder and renames it on commit, so a run killed mid-save leaves the previous checkpoints intact.
 Read-only users (sampling, evaluation) open the folder with ``read_only=True``: nothing is created, moved or deleted.
+
+A checkpoint holds two Orbax items: ``default`` (the train state; checkpoints written before the data item existed
+hold only this one, in the same place) and, for streaming datasets, ``data``: the data iterator's position, written by
+grain's Orbax handler (one ``process_I-of-N.json`` per process) in the same atomic commit as the state.
 """
 from __future__ import annotations
 
@@ -15,11 +19,24 @@ import shutil
 import time
 from typing import Any, Optional
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("ddpm_jax")
+STATE_ITEM = "default"  # Orbax's name of a single item: checkpoints without a data item read as before
+DATA_ITEM = "data"
+
+
+class _SkipDataItemWarning(logging.Filter):
+    """Read-only managers open the state item only; Orbax warns on each read that the data item is not restored."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args == (DATA_ITEM,) and str(record.msg).startswith('Item "%s" was found in the checkpoint'))
+
+
+logging.getLogger("absl").addFilter(_SkipDataItemWarning())
 
 
 class CheckpointError(RuntimeError):
@@ -96,8 +113,11 @@ class Checkpointer:
     def _open(self):
         options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=not self.read_only,
                                                enable_async_checkpointing=self._async, read_only=self.read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+        if self.read_only:  # readers take the train state only (item_metadata(step).tree, as before)
+            handlers = ocp.StandardCheckpointHandler()
+        else:
+            handlers = {STATE_ITEM: ocp.StandardCheckpointHandler(), DATA_ITEM: grain.checkpoint.CheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         if self.read_only and not os.path.isdir(self.directory):
@@ -108,14 +128,18 @@ class Checkpointer:
         corrupt = os.path.join(self.directory, "corrupt")
         return sorted(os.listdir(corrupt)) if os.path.isdir(corrupt) else []
 
-    def save(self, step: int, state: Any, force: bool = False) -> bool:
-        """Save ``state`` at ``step``; refuses a state with non-finite values (it would replace a good checkpoint).
-        A failed write (this save or an earlier async one) is a :class:`CheckpointSaveError`."""
+    def save(self, step: int, state: Any, force: bool = False, data: Any = None) -> bool:
+        """Save ``state`` at ``step``, with ``data`` (a grain iterator: its position after step ``step``) when given;
+        refuses a state with non-finite values (it would replace a good checkpoint). A failed write (this save or an
+        earlier async one) is a :class:`CheckpointSaveError`."""
         if not _all_finite(state):
             raise FloatingPointError(f"refusing to save step {step}: the train state has NaN/Inf values")
         self.check_for_errors()
+        items = {STATE_ITEM: ocp.args.StandardSave(state)}
+        if data is not None:
+            items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data)
         try:
-            return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # OSError, or TensorStore's wrapping of one (e.g. "No space left on device")
             raise CheckpointSaveError(f"saving checkpoint {step} to {self.directory} failed: {type(e).__name__}: "
                                       f"{_first_line(e)}") from None
@@ -163,6 +187,8 @@ class Checkpointer:
 
     def _stored_shapes(self, step: int) -> dict:
         metadata = self.manager.item_metadata(step)
+        if not self.read_only:
+            metadata = metadata[STATE_ITEM]
         tree = getattr(metadata, "tree", metadata)
         if not tree:
             raise ValueError("empty checkpoint metadata")
@@ -198,7 +224,9 @@ class Checkpointer:
             try:
                 args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None \
                     else ocp.args.StandardRestore()
-                state = self.manager.restore(step, args=args)
+                state = self.manager.restore(step, args=args if self.read_only else
+                                             ocp.args.Composite(**{STATE_ITEM: args}))
+                state = state if self.read_only else state[STATE_ITEM]
             except Exception as e:  # Orbax/TensorStore raise many types for truncated or missing files
                 self._quarantine(step, e)
                 continue
@@ -209,3 +237,22 @@ class Checkpointer:
         raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be read "
                               f"({'reported above' if self.read_only else f'moved to {self.directory}/corrupt'}); "
                               f"refusing to start over from step 0")
+
+    def data_file(self, step: int) -> str:
+        """This process's data-position file of checkpoint ``step`` (grain's naming)."""
+        return os.path.join(self.directory, str(step), DATA_ITEM,
+                            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+
+    def restore_data(self, step: int, data: Any) -> bool:
+        """Set the grain iterator ``data`` to the position saved with checkpoint ``step``; False (nothing set) when
+        the checkpoint has none for this process: written before the data item existed, by another process count,
+        or unreadable (warned: the position is then computed from the step, see ``StepIterator.resume_at``)."""
+        if not os.path.isfile(self.data_file(step)):
+            return False
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(**{DATA_ITEM: grain.checkpoint.CheckpointRestore(data)}))
+        except Exception as e:  # a truncated or hand-edited JSON file
+            log.warning("checkpoint %d: the data position %s is unreadable (%s: %s); starting the data stream at the "
+                        "step's position", step, self.data_file(step), type(e).__name__, _first_line(e))
+            return False
+        return True

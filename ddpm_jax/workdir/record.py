@@ -3,8 +3,9 @@
 ``WORKDIR/config.json`` is written by the first training command and never rewritten. A later command's config is
 compared key by key with it: a key that changes the model, the diffusion process, the data, the optimizer or the task
 is a refusal naming the keys; keys in :data:`SAFE_KEYS` (length, logging and checkpoint cadence, sampling, periodic
-evaluation, device layout, where the same data lives) may change. A training command appends such changes to
-``WORKDIR/config_history.jsonl``; read-only commands (sample, evaluate, generate) write nothing but their outputs.
+evaluation, device layout, where the same data lives, grain's reader threads) may change. A training command appends
+such changes to ``WORKDIR/config_history.jsonl``; read-only commands (sample, evaluate, generate) write nothing but
+their outputs.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ HISTORY_FILE = "config_history.jsonl"
 # Prefixes of dotted keys a later command may change (everything else must equal the record).
 SAFE_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every", "training.keep_checkpoints",
              "training.async_checkpointing", "training.sample_every", "sampling.", "eval.", "mesh.", "distributed.",
-             "data.data_dir", "latent.autoencoder_workdir", "distill.teacher_workdir")
+             "data.data_dir", "data.grain.", "latent.autoencoder_workdir", "distill.teacher_workdir")
 _MISSING = object()
 
 
