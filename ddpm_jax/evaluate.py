@@ -12,6 +12,12 @@
 
 Metrics in a classifier's feature space are labelled fcd / kid_classifier, never fid: they are comparable only
 between runs scored with the same classifier.
+
+Multi-process (``jax.distributed``: a TPU pod, or ``DDPM_JAX_COORDINATOR`` / ``DDPM_JAX_NUM_PROCESSES`` /
+``DDPM_JAX_PROCESS_ID`` as for training): the same command on every process. Each samples its share of the batches
+(batch b from fold_in(key, b), so the samples are those of one process), features are computed in blocks dealt over
+the processes and gathered in row order, and process 0 computes the metrics and writes every file: the numbers
+equal a single process's on the same seeds.
 """
 import glob
 import json
@@ -40,8 +46,8 @@ flags.DEFINE_string("split", "train", "stats mode: dataset split.")
 flags.DEFINE_integer("image_size", None, "stats mode: bring dataset images to this size first (as training does).")
 flags.DEFINE_string("images", None, "stats mode: a .npz with uint8 'images' [N,H,W,C], or a folder of images.")
 flags.DEFINE_string("out", None, "stats mode: output stats .npz.")
-flags.DEFINE_bool("save_features", False, "stats mode: also save the raw features (OUT_features.npy) so that "
-                  "distance mode can compute KID.")
+flags.DEFINE_bool("save_features", False, "stats mode (and samples mode with --save_stats): also save the raw "
+                  "features (OUT_features.npy) so that distance mode can compute KID.")
 flags.DEFINE_string("stats_a", None, "distance mode: first stats file.")
 flags.DEFINE_string("stats_b", None, "distance mode: second stats file.")
 config_flags.DEFINE_config_file("config", None, "samples mode: the model's config (optional: default the workdir's "
@@ -52,6 +58,8 @@ flags.DEFINE_integer("num_samples", 1000, "samples mode: number of generated ima
 flags.DEFINE_integer("seed", 0, "samples mode: sampling seed.")
 flags.DEFINE_integer("num_reference", 0, "samples mode: use only the first N reference images (0: all).")
 flags.DEFINE_integer("batch_size", 200, "Feature-extraction batch size.")
+flags.DEFINE_bool("save_stats", False, "samples mode: also write the samples' feature statistics (mu, sigma; "
+                  "with --save_features also the features) to WORKDIR/eval_SPACE_N_stats.npz, for distance mode.")
 flags.DEFINE_string("baseline_split", "test", "samples mode: also score this held-out real split against the "
                     "reference (the floor a perfect model would reach at that sample count); '' to skip.")
 
@@ -114,11 +122,16 @@ def unbiased_logits(extractor, logits: np.ndarray) -> np.ndarray:
 
 
 def extract(extractor, images: np.ndarray):
-    """(features, logits) in float64; Inception logits without the fc bias (see unbiased_logits)."""
+    """(features, logits) in float64; Inception logits without the fc bias (see unbiased_logits). Several processes
+    share the work in blocks of the extractor's batch size (the batches one process would run) and all get every
+    row, in order."""
     from ddpm_jax.evaluation.fid import check_sample_count
+    from ddpm_jax.evaluation.multiprocess import shared_features
 
     t = time.perf_counter()
-    feats, logits = extractor(images, progress=True) if feature_space() == "inception" else extractor(images)
+    inception = feature_space() == "inception"
+    run = (lambda x: extractor(x, progress=True)) if inception else extractor
+    feats, logits = shared_features(run, images, extractor.batch_size)
     log.info("features of %d images in %.1f s", len(images), time.perf_counter() - t)
     check_sample_count(len(feats), feats.shape[1])
     logits = np.asarray(logits, np.float64)
@@ -165,6 +178,8 @@ def mode_stats():
     else:
         raise app.UsageError("--mode=stats needs --images or --data")
     feats, logits = extract(extractor, images)
+    if not is_main_process():  # the features were a shared job; process 0 writes
+        return
     mu, sigma = feature_statistics(feats)
     save_stats(FLAGS.out, mu, sigma, image_count=len(images), **what, **manifest)
     report = {"stats": FLAGS.out, "count": len(images), **manifest}
@@ -186,6 +201,9 @@ def features_path(stats_path: str) -> str:
 def mode_distance():
     from ddpm_jax.evaluation.fid import frechet_distance
     from ddpm_jax.evaluation.stats_file import check_compatible, load_stats
+
+    if not is_main_process():  # nothing to share: process 0 answers
+        return
 
     mu1, s1, m1 = load_stats(FLAGS.stats_a)
     mu2, s2, m2 = load_stats(FLAGS.stats_b)
@@ -218,23 +236,35 @@ def mode_samples():
     extractor, manifest = make_extractor()
     source = load_source(config.data.name, config.data.split, config.data.data_dir or None)
     ref = resize_nearest(source.images[:FLAGS.num_reference or None], config.data.image_size)
+    # every process samples its share and gets all samples (process 0 writes them); features are shared likewise
     out = sample_workdir(FLAGS.workdir, FLAGS.num_samples, config, out_name=f"eval_{FLAGS.num_samples}",
                          seed=FLAGS.seed, trained=trained)
-    samples = np.load(out["npz"])
-    images, labels = samples["images"], samples["labels"]
+    images, labels = out["images"], out["labels"]
     feats, logits = extract(extractor, images)
     ref_feats, _ = extract(extractor, ref)
+    if FLAGS.baseline_split:
+        held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.data_dir or None)
+        real = resize_nearest(held_out.images[:FLAGS.num_samples], config.data.image_size)
+        real_feats, real_logits = extract(extractor, real)
+    if not is_main_process():  # the collective part is done; process 0 scores and writes
+        return
     ref_stats = feature_statistics(ref_feats)
     conditional = bool(config.model.class_conditional) or trained.run.text is not None  # one class prompt per label
     result = metrics_for(feats, logits, ref_feats, ref_stats, manifest["feature_space"],
                          labels if conditional else None)
+    if FLAGS.save_stats:
+        from ddpm_jax.evaluation.stats_file import save_stats
+
+        stats_path = os.path.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}_stats.npz")
+        save_stats(stats_path, *feature_statistics(feats), image_count=len(images), workdir=os.path.abspath(
+            FLAGS.workdir), checkpoint_step=out["step"], seed=FLAGS.seed, **manifest)
+        if FLAGS.save_features:
+            np.save(features_path(stats_path), feats.astype(np.float32))
+        result["stats"] = stats_path
     if FLAGS.baseline_split:
         # The floor a perfect model reaches: held-out real images scored like the samples. Fréchet distance and KID
         # are biased by the sample count, so when the split has fewer images than there are samples, the samples are
         # also scored on the same count (samples_at_N_*): compare those two, not counts that differ.
-        held_out = load_source(config.data.name, FLAGS.baseline_split, config.data.data_dir or None)
-        real = resize_nearest(held_out.images[:FLAGS.num_samples], config.data.image_size)
-        real_feats, real_logits = extract(extractor, real)
         floor = metrics_for(real_feats, real_logits, ref_feats, ref_stats, manifest["feature_space"],
                             held_out.labels[:FLAGS.num_samples] if conditional else None)
         result.update({f"real_{FLAGS.baseline_split}_{k}": v for k, v in floor.items()})
@@ -257,12 +287,26 @@ def mode_samples():
     log.info("wrote %s", path)
 
 
+def is_main_process() -> bool:
+    from ddpm_jax.evaluation.multiprocess import is_main_process as main
+
+    return main()
+
+
 def main(argv):
     del argv
+    from ddpm_jax.training import distributed
     from ddpm_jax.training.logging import run_cli, setup_logging
 
     setup_logging()
-    run_cli({"stats": mode_stats, "distance": mode_distance, "samples": mode_samples}[FLAGS.mode])
+    mode = {"stats": mode_stats, "distance": mode_distance, "samples": mode_samples}[FLAGS.mode]
+
+    def body():
+        distributed.initialize_from_env(FLAGS.config)  # join a multi-process job (if any) before any JAX computation
+        distributed.log_from_process_0_only()
+        mode()
+
+    run_cli(body)
 
 
 if __name__ == "__main__":

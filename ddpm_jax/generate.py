@@ -9,6 +9,9 @@ Cascade (pixel cascade, Imagen / DALL-E 2): ``--sr_workdir=SR [--sr_workdir=SR2]
 ``--workdir`` (a class-conditional ``diffusion`` run with ``--class``, or a text-to-image run with ``--prompt``)
 through trained ``super_resolution`` stages in order; ``--sr_sampler``/``--sr_steps``/``--sr_guidance``/
 ``--sr_aug_level``/``--sr_eta`` give each stage its own settings (one value for all stages, or one per stage).
+
+Multi-process (``jax.distributed``, the same variables as training: ``DDPM_JAX_COORDINATOR`` etc., or a TPU pod): the
+same command on every process; each samples its share of the batches and process 0 writes the files.
 """
 from absl import app, flags
 
@@ -38,11 +41,15 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
+    from ddpm_jax.training import distributed
     from ddpm_jax.training.logging import run_cli, setup_logging
 
     setup_logging()
 
     def body():
+        distributed.initialize_from_env()  # join a multi-process job (if any) before any JAX computation
+        distributed.log_from_process_0_only()
+        from ddpm_jax.evaluation.multiprocess import is_main_process
         from ddpm_jax.evaluation.quality import clip_score_of, load_domain_clip
         from ddpm_jax.pipelines.workdir import generate_text
 
@@ -53,6 +60,8 @@ def main(argv):
 
         out = generate_text(FLAGS.workdir, FLAGS.prompt, FLAGS.num, FLAGS.guidance, FLAGS.sampler,
                                     FLAGS.steps, FLAGS.seed, FLAGS.ema, FLAGS.out)
+        if not is_main_process():  # every process sampled its share; process 0 writes and prints
+            return
         print(f"wrote {FLAGS.num} images for {FLAGS.prompt} (guidance {out['guidance']:g}, {out['sampler']} "
               f"{out['num_steps'] or 'default'} steps, checkpoint step {out['step']}): {out['png']} and {out['npz']}")
         if FLAGS.clip_workdir:
@@ -78,6 +87,7 @@ def cascade():
 
     import numpy as np
 
+    from ddpm_jax.evaluation.multiprocess import is_main_process
     from ddpm_jax.pipelines.cascade import cascade_from_workdirs, write_cascade
 
     sr = FLAGS.sr_workdir or []
@@ -92,6 +102,8 @@ def cascade():
     tag = "class" + "_".join(map(str, classes)) if classes else "prompt"
     out = FLAGS.out or os.path.join(sr[-1] if sr else FLAGS.workdir, "samples",
                                     f"cascade_{tag}_seed{FLAGS.seed}.png")
+    if not is_main_process():  # every process sampled its share; process 0 writes
+        return
     paths = write_cascade(out, result, len(classes) if classes and len(classes) > 1 else None)
     sizes = " -> ".join(f"{x.shape[1]}px ({s:.1f}s)" for x, s in zip(result["images"], result["seconds"]))
     print(f"wrote {FLAGS.num} cascade samples, {sizes}: {paths['png']}, {paths['stages_png']} and {paths['npz']}")

@@ -46,6 +46,8 @@ def main(argv):
         loop.train(FLAGS.config, FLAGS.workdir)
 
     def sample():
+        distributed.initialize_from_env(FLAGS.config)  # several processes: each samples its share, process 0 writes
+        distributed.log_from_process_0_only()
         from ddpm_jax.pipelines.workdir import sample_workdir
 
         sample_workdir(FLAGS.workdir, FLAGS.num_samples, FLAGS.config, use_ema=FLAGS.ema, labels=FLAGS["class"].value,

@@ -1,5 +1,8 @@
 """Sample quality from trained workdirs: a classifier's feature space (Fréchet classifier distance, KID, class
-accuracy; during training and from the evaluate command) and a domain CLIP (CLIP score)."""
+accuracy; during training and from the evaluate command) and a domain CLIP (CLIP score).
+
+Under ``jax.distributed`` every process calls :class:`SampleQuality` (the trainer does): each samples its share of
+the batches and extracts features of its share of the blocks, and all get the same scores as one process would."""
 from __future__ import annotations
 
 import logging
@@ -14,10 +17,11 @@ from ddpm_jax.evaluation.classifier_features import ClassifierFeatures, class_ac
 from ddpm_jax.evaluation.clip_score import clip_scores
 from ddpm_jax.evaluation.fid import frechet_distance
 from ddpm_jax.evaluation.kid import kernel_inception_distance
+from ddpm_jax.evaluation.multiprocess import ProcessShare, gather_rows, host_local, shared_features
 from ddpm_jax.evaluation.statistics import feature_statistics
 from ddpm_jax.models.clip import DomainCLIP
 from ddpm_jax.tasks import load_trained
-from ddpm_jax.tasks.sampling import default_labels
+from ddpm_jax.tasks.sampling import default_labels, shared_sample_fn
 from ddpm_jax.workdir import params_sha256
 
 log = logging.getLogger("ddpm_jax")
@@ -36,8 +40,9 @@ def classifier_features_from_workdir(workdir: str, batch_size: int = 500) -> Cla
 
 def score_images(features: ClassifierFeatures, images: np.ndarray, ref_stats, ref_features: np.ndarray,
                  labels: Optional[np.ndarray] = None, kid_subset: int = 1000) -> Dict[str, float]:
-    """FCD and KID against reference statistics/features; class accuracy when labels are given."""
-    feats, logits = features(images)
+    """FCD and KID against reference statistics/features; class accuracy when labels are given. Several processes
+    share the feature extraction (blocks of the extractor's batch size) and all get the same scores."""
+    feats, logits = shared_features(features, images, features.batch_size)
     mu, sigma = feature_statistics(feats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small N: biased but comparable along training; the README says so
@@ -56,7 +61,7 @@ class SampleQuality:
     def __init__(self, run, features: ClassifierFeatures, sampling_config, num_samples: int, seed: int):
         self.run, self.features, self.num_samples, self.seed = run, features, num_samples, seed
         self.sampling = sampling_config
-        self.ref_features, _ = features(run.source.images)
+        self.ref_features, _ = shared_features(features, run.source.images, features.batch_size)
         self.ref_stats = feature_statistics(self.ref_features)
         self.sample_fn = run.task.make_sample_fn(run, sampling_config)
         if run.text is not None:  # one class prompt per label, at the config's guidance scale
@@ -80,11 +85,19 @@ class SampleQuality:
         return cls(run, features, sampling, ev.num_samples, config.seed + 2)
 
     def __call__(self, params) -> Dict[str, float]:
-        run = self.run
+        """Scores of ``num_samples`` samples of ``params``; with several processes a collective (each samples the
+        batches dealt to it; the uint8 images are gathered in order)."""
+        run, num = self.run, self.num_samples
+        share = ProcessShare.of_this_process(gather=False)
         labels = None if run.text is not None else (self.labels if run.model.num_classes else None)
-        x, _, _ = run.task.generate(run, params, jax.random.key(self.seed), self.num_samples, labels,
-                                    sampling_config=self.sampling, sample_fn=self.sample_fn)
-        images = to_uint8(run.to_pixels(x))
+        x, _, _ = run.task.generate(run, host_local(params), jax.random.key(self.seed), num, labels,
+                                    sampling_config=self.sampling, sample_fn=shared_sample_fn(self.sample_fn, share))
+        if len(x):
+            images = to_uint8(run.to_pixels(x))
+        else:  # more processes than batches: this one has none, but takes part in the gather
+            size = run.config.data.image_size
+            images = np.zeros((0, size, size, run.source.images.shape[-1]), np.uint8)
+        images = gather_rows(images, share.rows(num, min(self.sampling.batch_size, num)), num)
         return score_images(self.features, images, self.ref_stats, self.ref_features,
                             self.labels if self.class_labels else None)
 

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 
 from ddpm_jax.data import to_uint8
+from ddpm_jax.evaluation.multiprocess import host_local
 from ddpm_jax.pipelines.images import save_grid
-from ddpm_jax.pipelines.workdir import with_sampling
+from ddpm_jax.pipelines.workdir import share_sampling, with_sampling
 from ddpm_jax.tasks import Trained, load_trained
 from ddpm_jax.workdir import Workdir
 
@@ -26,9 +27,10 @@ def load_stage(workdir: str, tasks: Sequence[str], what: str, use_ema: bool = Tr
 
 
 def run_stage(stage: Trained, key: jax.Array, num: int, labels=None, prompts=None, low_res=None) -> tuple:
-    """(images float [-1, 1], labels) of one stage (base: labels or prompts; SR: the previous stage's images)."""
-    run = stage.run
-    x, labels, _ = run.task.generate(run, stage.params, key, num, labels, prompts, low_res)
+    """(images float [-1, 1], labels) of one stage (base: labels or prompts; SR: the previous stage's images); under
+    ``jax.distributed`` each process samples its share of the batches and all get every image."""
+    run = share_sampling(stage.run)
+    x, labels, _ = run.task.generate(run, host_local(stage.params), key, num, labels, prompts, low_res)
     return np.clip(run.to_pixels(x), -1.0, 1.0), labels
 
 

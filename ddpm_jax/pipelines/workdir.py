@@ -3,6 +3,9 @@ task's sampler; outputs (PNG grid, uint8 .npz, settings .json) go to ``WORKDIR/s
 
 Prompts reach text-to-image runs, class labels class-conditional ones; anything a run cannot use is a one-line
 error (labels out of range, guidance on an unconditional model, prompts for a class model).
+
+Under ``jax.distributed`` every process runs the same command: each samples its share of the batches (the same
+images as one process makes), all get the samples back, and process 0 alone writes the files.
 """
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ import jax
 import numpy as np
 
 from ddpm_jax.data import to_uint8
+from ddpm_jax.evaluation.multiprocess import ProcessShare, host_local, is_main_process
 from ddpm_jax.pipelines.images import save_grid
 from ddpm_jax.tasks import Trained, load_trained
+from ddpm_jax.tasks.base import Run
+from ddpm_jax.tasks.sampling import shared_sample_fn
 from ddpm_jax.workdir import Workdir
 
 log = logging.getLogger("ddpm_jax")
@@ -45,6 +51,16 @@ def write_samples(out_root: str, images: np.ndarray, labels: np.ndarray, ncols: 
     return {"png": png, "npz": npz, "json": out_root + ".json"}
 
 
+def share_sampling(run: Run, share: Optional[ProcessShare] = None) -> Run:
+    """Make the run's own sampler (what ``task.sample``/``task.generate`` use without a sampling override) sample
+    only this process's batches and gather them: with one process, nothing changes."""
+    share = share or ProcessShare.of_this_process()
+    if share.count > 1:
+        fn = run.extras.get("sample_fn") or run.task.make_sample_fn(run)
+        run.extras["sample_fn"] = shared_sample_fn(fn, share)
+    return run
+
+
 def check_num(num: int) -> int:
     if int(num) < 1:
         raise ValueError(f"the number of samples must be >= 1, got {num}")
@@ -59,17 +75,22 @@ def sample_workdir(workdir: str, num: int, config=None, use_ema: bool = True, ou
     recorded one only in safe keys (sampling settings)."""
     num = check_num(num)
     trained = trained or load_trained(workdir, config, use_ema)
-    run, s = trained.run, trained.config.sampling
+    run, s = share_sampling(trained.run), trained.config.sampling
     key = jax.random.key(s.seed if seed is None else seed)
-    samples = run.task.sample(run, trained.params, key, num, labels, prompts)
+    samples = run.task.sample(run, host_local(trained.params), key, num, labels, prompts)
     name = out_name or f"{samples.name}_step{trained.step}"
+    root = os.path.join(trained.workdir, "samples", name)
+    out = {"step": trained.step, "images": samples.images, "labels": samples.labels}
+    if not is_main_process():  # process 0 writes; the paths are where it wrote them
+        return {**out, "png": root + ".png", "npz": root + ".npz", "json": root + ".json"}
     settings = {"checkpoint_step": trained.step, "num": num, "ema": use_ema, "task": trained.config.task,
                 "sampling": s.to_dict(), **samples.extra}
-    paths = write_samples(os.path.join(trained.workdir, "samples", name), samples.images, samples.labels,
-                          samples.ncols, settings)
+    if jax.process_count() > 1:
+        settings["processes"] = jax.process_count()
+    paths = write_samples(root, samples.images, samples.labels, samples.ncols, settings)
     log.info("wrote %d samples from step %d (%s): %s and %s", num, trained.step,
              samples.name or f"{s.sampler}, {s.num_steps or 'all'} steps", paths["png"], paths["npz"])
-    return {**paths, "step": trained.step, "images": samples.images, "labels": samples.labels}
+    return {**paths, **out}
 
 
 def generate_text(workdir: str, prompts: Sequence[str], num: int = 16, guidance: Optional[float] = None,
@@ -87,8 +108,8 @@ def generate_text(workdir: str, prompts: Sequence[str], num: int = 16, guidance:
                          f"text_diffusion or latent_text_diffusion, e.g. configs/t2i_fashion_mnist.py)")
     config = with_sampling(wd_config, sampler, steps, guidance)
     trained = load_trained(workdir, config, use_ema)
-    run, s = trained.run, config.sampling
-    x, index, _ = run.task.generate(run, trained.params, jax.random.key(seed), num, prompts=prompts)
+    run, s = share_sampling(trained.run), config.sampling
+    x, index, _ = run.task.generate(run, host_local(trained.params), jax.random.key(seed), num, prompts=prompts)
     images = to_uint8(run.to_pixels(x))
     if out is None:
         slug = "".join(c if c.isalnum() else "_" for c in prompts[0])[:40].strip("_") or "prompt"
@@ -98,10 +119,13 @@ def generate_text(workdir: str, prompts: Sequence[str], num: int = 16, guidance:
     grid = [prompts[i % len(prompts)] for i in range(num)]
     settings = {"checkpoint_step": trained.step, "num": num, "ema": use_ema, "prompts": prompts, "seed": seed,
                 "sampling": s.to_dict()}
+    result = {"step": trained.step, "guidance": s.guidance_scale, "sampler": s.sampler, "num_steps": s.num_steps,
+              "images": images, "prompts": grid}
+    if not is_main_process():  # process 0 writes
+        return {"png": root + ".png", "npz": root + ".npz", **result}
     png = save_grid(root + ".png", images, min(len(prompts), num) if len(prompts) > 1 else None)
     npz = root + ".npz"
     np.savez_compressed(npz, images=images, prompt_index=index, prompts=np.asarray(prompts, dtype=str))
     with open(root + ".json", "w") as f:
         json.dump(settings, f, indent=2)
-    return {"png": png, "npz": npz, "step": trained.step, "guidance": s.guidance_scale, "sampler": s.sampler,
-            "num_steps": s.num_steps, "images": images, "prompts": grid}
+    return {"png": png, "npz": npz, **result}

@@ -3,6 +3,10 @@
 The sample function is ``fn(params, x_T, key, cond) -> x_0`` where ``cond`` is the denoiser's conditioning dict
 (:mod:`ddpm_jax.models.denoiser`); classifier-free guidance replaces the keys of ``null_cond`` (labels, text) and
 keeps the others (a super-resolution stage's low-res image) in both halves.
+
+Several processes share a generation through a :class:`~ddpm_jax.evaluation.multiprocess.ProcessShare` (given to
+:func:`generate`, or carried by the sample function, :func:`shared_sample_fn`): each makes the batches dealt to it,
+and batch b is the same images whoever makes it.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion
+from ddpm_jax.evaluation.multiprocess import ProcessShare, gather_rows
 from ddpm_jax.models.denoiser import denoiser_fn
 
 
@@ -95,24 +100,54 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return a if len(a) == rows else np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
 
 
+class SharedSampleFn:
+    """A sample function that carries the :class:`ProcessShare` :func:`generate` samples with (through task hooks
+    that pass sample functions, not shares); attributes are the wrapped function's."""
+
+    def __init__(self, fn: Callable, share: ProcessShare):
+        self.fn, self.share = fn, share
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name in ("fn", "share"):
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
+
+def shared_sample_fn(fn: Callable, share: Optional[ProcessShare] = None) -> SharedSampleFn:
+    """``fn`` sampling only this process's batches (``share``: default this process of the job, gathering)."""
+    return SharedSampleFn(fn.fn if isinstance(fn, SharedSampleFn) else fn, share or ProcessShare.of_this_process())
+
+
 def generate(sample_fn: Callable, params, key: jax.Array, num: int, image_shape: tuple, batch_size: int = 64,
-             cond: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+             cond: Optional[Dict[str, np.ndarray]] = None, share: Optional[ProcessShare] = None) -> np.ndarray:
     """``num`` samples (float32 NHWC, images in [-1, 1] or latents) in batches of a fixed size (one compilation);
-    batch b draws x_T and the sampler's noise from fold_in(key, b). ``cond`` holds one row per sample."""
+    batch b draws x_T and the sampler's noise from fold_in(key, b). ``cond`` holds one row per sample.
+
+    ``share`` (default: the one ``sample_fn`` carries, else all batches): this process makes batches
+    share.index, share.index + share.count, ...; with ``share.gather`` every process gets all ``num`` samples in
+    order (a collective), else only its rows, ``share.rows(num, batch_size)``."""
     if num < 1:
         raise ValueError(f"the number of samples must be >= 1, got {num}")
     cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
     for k, v in cond.items():
         if len(v) != num:
             raise ValueError(f"cond[{k!r}] has {len(v)} rows for {num} samples")
+    share = share or getattr(sample_fn, "share", None) or ProcessShare()
     out = []
-    for b, start in enumerate(range(0, num, batch_size)):
+    for b in share.items(-(-num // batch_size)):
+        start = b * batch_size
         n = min(batch_size, num - start)
         k_noise, k_sample = jax.random.split(jax.random.fold_in(key, b))
         x_T = jax.random.normal(k_noise, (batch_size,) + tuple(image_shape))
         chunk = {k: jnp.asarray(_pad_rows(v[start:start + n], batch_size)) for k, v in cond.items()}
         out.append(np.asarray(sample_fn(params, x_T, k_sample, chunk))[:n])
-    return np.concatenate(out, 0)
+    local = np.concatenate(out, 0) if out else np.zeros((0,) + tuple(image_shape), np.float32)
+    if share.count == 1 or not share.gather:
+        return local
+    return gather_rows(local, share.rows(num, batch_size), num)
 
 
 def default_labels(num: int, num_classes: Optional[int]) -> np.ndarray:

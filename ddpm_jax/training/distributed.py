@@ -9,7 +9,9 @@ Where the processes come from decides how they meet:
   ``DDPM_JAX_NUM_PROCESSES``, ``DDPM_JAX_PROCESS_ID`` (config values win);
 - anything else: one process, nothing to do.
 
-Must run before the first JAX computation (before any backend is initialized).
+Must run before the first JAX computation (before any backend is initialized). Training, ``--mode=sample``, the
+evaluate command and ``ddpm_jax.generate`` all join the job this way; sampling and evaluation then split their
+batches over the processes (``ddpm_jax/evaluation/multiprocess.py``) and process 0 writes.
 """
 from __future__ import annotations
 
