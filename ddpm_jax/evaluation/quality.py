@@ -2,7 +2,7 @@
 accuracy; during training and from the evaluate command) and a domain CLIP (CLIP score).
 
 Under ``jax.distributed`` every process calls :class:`SampleQuality` (the trainer does): each samples its share of
-the batches and extracts features of its share of the blocks, and all get the same scores as one process would."""
+the batches and extracts features of its share of the blocks, and all get the scores one process would."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +17,7 @@ from ddpm_jax.evaluation.classifier_features import ClassifierFeatures, class_ac
 from ddpm_jax.evaluation.clip_score import clip_scores
 from ddpm_jax.evaluation.fid import frechet_distance
 from ddpm_jax.evaluation.kid import kernel_inception_distance
-from ddpm_jax.evaluation.multiprocess import ProcessShare, gather_rows, host_local, shared_features
+from ddpm_jax.evaluation.multiprocess import host_local, shared_features
 from ddpm_jax.evaluation.statistics import feature_statistics
 from ddpm_jax.models.clip import DomainCLIP
 from ddpm_jax.tasks import load_trained
@@ -85,19 +85,14 @@ class SampleQuality:
         return cls(run, features, sampling, ev.num_samples, config.seed + 2)
 
     def __call__(self, params) -> Dict[str, float]:
-        """Scores of ``num_samples`` samples of ``params``; with several processes a collective (each samples the
-        batches dealt to it; the uint8 images are gathered in order)."""
-        run, num = self.run, self.num_samples
-        share = ProcessShare.of_this_process(gather=False)
+        """Scores of ``num_samples`` samples of ``params``; with several processes a collective: each samples the
+        batches dealt to it, and every process gets all model outputs in order and decodes them as one process
+        would (latents decode in the same batches, so the images are bit for bit the single-process ones)."""
+        run = self.run
         labels = None if run.text is not None else (self.labels if run.model.num_classes else None)
-        x, _, _ = run.task.generate(run, host_local(params), jax.random.key(self.seed), num, labels,
-                                    sampling_config=self.sampling, sample_fn=shared_sample_fn(self.sample_fn, share))
-        if len(x):
-            images = to_uint8(run.to_pixels(x))
-        else:  # more processes than batches: this one has none, but takes part in the gather
-            size = run.config.data.image_size
-            images = np.zeros((0, size, size, run.source.images.shape[-1]), np.uint8)
-        images = gather_rows(images, share.rows(num, min(self.sampling.batch_size, num)), num)
+        x, _, _ = run.task.generate(run, host_local(params), jax.random.key(self.seed), self.num_samples, labels,
+                                    sampling_config=self.sampling, sample_fn=shared_sample_fn(self.sample_fn))
+        images = to_uint8(run.to_pixels(x))
         return score_images(self.features, images, self.ref_stats, self.ref_features,
                             self.labels if self.class_labels else None)
 
