@@ -31,16 +31,47 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(cmd, num_processes):
-    """``cmd`` as one process, or as ``num_processes`` processes of one jax.distributed job on 127.0.0.1."""
+AUDIT_HOOK = """import os, sys
+
+def _log_writes(event, args):  # every file this process opens for writing under a folder, one line each
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(os.environ["AUDIT_UNDER"]):
+        mode, flags = args[1] or "", args[2] or 0
+        if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            with open(os.environ["AUDIT_LOG"], "a") as f:
+                f.write(args[0] + "\\n")
+
+sys.addaudithook(_log_writes)
+"""
+
+
+def launch(cmd, num_processes, audit=None):
+    """``cmd`` as one process, or as ``num_processes`` processes of one jax.distributed job on 127.0.0.1.
+    ``audit`` = (folder, tmp): processes other than 0 log every file they open for writing in that folder to
+    tmp/writes_K.txt (a Python audit hook in a sitecustomize module)."""
     if num_processes == 1:
         return [subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)]
     port = free_port()
-    return [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=cpu_env(DDPM_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                                         DDPM_JAX_NUM_PROCESSES=str(num_processes), DDPM_JAX_PROCESS_ID=str(i)))
-            for i in range(num_processes)]
+    procs = []
+    for i in range(num_processes):
+        env = cpu_env(DDPM_JAX_COORDINATOR=f"127.0.0.1:{port}", DDPM_JAX_NUM_PROCESSES=str(num_processes),
+                      DDPM_JAX_PROCESS_ID=str(i))
+        if audit and i > 0:
+            folder, tmp = audit
+            hook = os.path.join(str(tmp), "audit_hook")
+            os.makedirs(hook, exist_ok=True)
+            with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+                f.write(AUDIT_HOOK)
+            env.update(PYTHONPATH=f"{hook}{os.pathsep}{ROOT}", AUDIT_UNDER=str(folder),
+                       AUDIT_LOG=os.path.join(str(tmp), f"writes_{i}.txt"))
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=env))
+    return procs
+
+
+def files_written(tmp, process_index=1):
+    path = os.path.join(str(tmp), f"writes_{process_index}.txt")
+    return open(path).read().split() if os.path.exists(path) else []
 
 
 def wait(procs):
@@ -171,9 +202,10 @@ def test_evaluate_command_on_two_processes_matches_one_process(tmp_path):
         shutil.copytree(ddpm, wd)
         cmd = [sys.executable, "-m", "ddpm_jax.evaluate", "--mode=samples", "--workdir=" + wd, "--features=classifier",
                "--classifier_workdir=" + classifier, "--num_samples=36", "--save_stats", "--save_features"]
-        procs[n] = launch(cmd, n)
+        procs[n] = launch(cmd, n, audit=(wd, tmp_path))
     outputs = {n: wait(procs[n]) for n in (1, 2)}
     assert '"fcd"' in outputs[2][0] and '"fcd"' not in outputs[2][1]  # process 0 reports, process 1 does not
+    assert files_written(tmp_path) == []  # process 1 wrote nothing in the workdir
 
     def results(n):
         wd = str(tmp_path / f"wd{n}")
@@ -192,6 +224,28 @@ def test_evaluate_command_on_two_processes_matches_one_process(tmp_path):
     for key in ("fcd", "kid_classifier", "kid_classifier_std", "class_accuracy", "real_test_fcd",
                 "real_test_kid_classifier", "real_test_class_accuracy"):
         assert r2[key] == r1[key], key
+
+
+@pytest.mark.slow
+def test_sample_mode_on_two_processes_writes_the_single_process_files(tmp_path):
+    """``python -m ddpm_jax.main --mode=sample`` as a 2-process job: process 0 writes the grid and .npz that one
+    process writes (same bytes, same labels), process 1 writes and logs nothing."""
+    ddpm, _ = toy_workdirs_pair()
+    procs = {}
+    for n in (1, 2):
+        wd = str(tmp_path / f"wd{n}")
+        shutil.copytree(ddpm, wd)
+        procs[n] = launch([sys.executable, "-m", "ddpm_jax.main", "--workdir=" + wd, "--mode=sample",
+                           "--num_samples=20", "--class=3", "--class=5"], n, audit=(wd, tmp_path))
+    outputs = {n: wait(procs[n]) for n in (1, 2)}
+    assert "wrote 20 samples" in outputs[2][0] and "wrote" not in outputs[2][1]
+    assert files_written(tmp_path) == []  # process 1 wrote nothing in the workdir
+    files = {n: os.path.join(str(tmp_path / f"wd{n}"), "samples", "ddim_5steps_step4") for n in (1, 2)}
+    one, two = np.load(files[1] + ".npz"), np.load(files[2] + ".npz")
+    assert np.array_equal(one["images"], two["images"]) and list(two["labels"]) == [3, 5] * 10
+    assert len(set(sample_hashes(two["images"]))) == 20
+    assert open(files[1] + ".png", "rb").read() == open(files[2] + ".png", "rb").read()
+    assert json.load(open(files[2] + ".json"))["processes"] == 2
 
 
 # ------------------------------------------------------------------ the worker
