@@ -49,7 +49,7 @@ from ddpm_jax.evaluation.bootstrap import percentile_interval, separated
 from ddpm_jax.evaluation.features import InceptionFeatures
 from ddpm_jax.evaluation.fid import frechet_distance
 from ddpm_jax.evaluation.kid import polynomial_kernel
-from ddpm_jax.evaluation.quality import classifier_features_from_workdir, score_images
+from ddpm_jax.evaluation.quality import classifier_features_from_workdir, scores_of_features
 from ddpm_jax.evaluation.statistics import feature_statistics
 from ddpm_jax.models.inception import load_inception_params
 from ddpm_jax.tasks import load_trained
@@ -183,8 +183,7 @@ def score_with_intervals(features, images: np.ndarray, ref_stats, ref_features: 
     The features are extracted once and shared by the estimates and the bootstrap."""
     feats, logits = features(images)
     feats, logits = np.asarray(feats), np.asarray(logits)
-    out = {k: float(v) for k, v in score_images(lambda _: (feats, logits), images, ref_stats, ref_features,
-                                                labels).items()}
+    out = {k: float(v) for k, v in scores_of_features(feats, logits, ref_stats, ref_features, labels).items()}
     correct = None if labels is None else (np.argmax(logits, axis=1) == np.asarray(labels)).astype(np.float64)
     intervals = bootstrap_intervals(feats, ref_stats, ref_features, correct, out, num_boot, seed)
     for key in INTERVAL_KEYS:

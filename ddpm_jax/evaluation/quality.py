@@ -43,6 +43,12 @@ def score_images(features: ClassifierFeatures, images: np.ndarray, ref_stats, re
     """FCD and KID against reference statistics/features; class accuracy when labels are given. Several processes
     share the feature extraction (blocks of the extractor's batch size) and all get the same scores."""
     feats, logits = shared_features(features, images, features.batch_size)
+    return scores_of_features(feats, logits, ref_stats, ref_features, labels, kid_subset)
+
+
+def scores_of_features(feats: np.ndarray, logits: np.ndarray, ref_stats, ref_features: np.ndarray,
+                       labels: Optional[np.ndarray] = None, kid_subset: int = 1000) -> Dict[str, float]:
+    """:func:`score_images` of features already extracted (``feats`` [N, D], ``logits`` [N, K])."""
     mu, sigma = feature_statistics(feats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small N: biased but comparable along training; the README says so
