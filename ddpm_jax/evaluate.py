@@ -279,7 +279,7 @@ def mode_samples():
     result.update({"num_samples": len(images), "reference": f"{config.data.name}/{config.data.split} "
                    f"({len(ref)} images)", "sampler": config.sampling.sampler,
                    "num_steps": config.sampling.get("num_steps"), "guidance_scale": config.sampling.get("guidance_scale"),
-                   **manifest})
+                   **out["extra"], **manifest})  # extra: what the task adds (a distilled student's own step count)
     path = os.path.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)

@@ -134,6 +134,7 @@ def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path):
     assert os.path.basename(out["png"]) == "distill_progressive_4steps_step2.png"
     assert out["images"].shape == (4, 8, 8, 1)
     assert json.load(open(out["json"]))["distill"]["num_steps"] == 4
+    assert out["extra"]["distill"]["num_steps"] == 4  # what evaluate --mode=samples records next to its scores
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def sample_workdir(workdir: str, num: int, config=None, use_ema: bool = True, ou
     samples = run.task.sample(run, host_local(trained.params), key, num, labels, prompts)
     name = out_name or f"{samples.name}_step{trained.step}"
     root = os.path.join(trained.workdir, "samples", name)
-    out = {"step": trained.step, "images": samples.images, "labels": samples.labels}
+    out = {"step": trained.step, "images": samples.images, "labels": samples.labels, "extra": samples.extra}
     if not is_main_process():  # process 0 writes; the paths are where it wrote them
         return {**out, "png": root + ".png", "npz": root + ".npz", "json": root + ".json"}
     settings = {"checkpoint_step": trained.step, "num": num, "ema": use_ema, "task": trained.config.task,
