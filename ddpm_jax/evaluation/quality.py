@@ -42,7 +42,8 @@ def score_images(features: ClassifierFeatures, images: np.ndarray, ref_stats, re
                  labels: Optional[np.ndarray] = None, kid_subset: int = 1000) -> Dict[str, float]:
     """FCD and KID against reference statistics/features; class accuracy when labels are given. Several processes
     share the feature extraction (blocks of the extractor's batch size) and all get the same scores."""
-    feats, logits = shared_features(features, images, features.batch_size)
+    block = getattr(features, "batch_size", None) or len(images)  # any callable images -> (features, logits)
+    feats, logits = shared_features(features, images, block)
     return scores_of_features(feats, logits, ref_stats, ref_features, labels, kid_subset)
 
 
