@@ -191,17 +191,29 @@ def test_two_processes_sample_disjoint_shares_and_score_like_one_process(tmp_pat
         assert bool(part["float64_exact"])
 
 
+def latent_ddpm():
+    import toy_workdirs
+
+    vae = toy_workdirs.shared("vae_digits", toy_workdirs.vae)
+    return toy_workdirs.shared("ldm_digits", toy_workdirs.latent_ddpm, vae)
+
+
 @pytest.mark.slow
-def test_evaluate_command_on_two_processes_matches_one_process(tmp_path):
+@pytest.mark.parametrize("model", ["pixel", "latent"])
+def test_evaluate_command_on_two_processes_matches_one_process(model, tmp_path):
     """``python -m ddpm_jax.evaluate --mode=samples`` as a 2-process job: the same samples (npz), features, mean and
-    covariance, FCD, KID and class accuracy as the same command in one process; process 1 prints no report."""
+    covariance, FCD, KID and class accuracy as the same command in one process; process 1 prints no report and
+    writes nothing. The latent model's autoencoder (a frozen part loaded from its own workdir) is restored and its
+    decoder run on every process."""
     ddpm, classifier = toy_workdirs_pair()
+    ddpm = ddpm if model == "pixel" else latent_ddpm()
     procs = {}
     for n in (1, 2):
         wd = str(tmp_path / f"wd{n}")
         shutil.copytree(ddpm, wd)
         cmd = [sys.executable, "-m", "ddpm_jax.evaluate", "--mode=samples", "--workdir=" + wd, "--features=classifier",
                "--classifier_workdir=" + classifier, "--num_samples=36", "--save_stats", "--save_features"]
+        cmd += [] if model == "pixel" else ["--baseline_split="]
         procs[n] = launch(cmd, n, audit=(wd, tmp_path))
     outputs = {n: wait(procs[n]) for n in (1, 2)}
     assert '"fcd"' in outputs[2][0] and '"fcd"' not in outputs[2][1]  # process 0 reports, process 1 does not
@@ -216,13 +228,14 @@ def test_evaluate_command_on_two_processes_matches_one_process(tmp_path):
             samples["images"], samples["labels"]
 
     (r1, mu1, s1, f1, x1, l1), (r2, mu2, s2, f2, x2, l2) = results(1), results(2)
-    print(f"evaluate, 2 processes vs 1: FCD {r2['fcd']!r} vs {r1['fcd']!r}, KID {r2['kid_classifier']!r} vs "
+    print(f"evaluate ({model}), 2 processes vs 1: FCD {r2['fcd']!r} vs {r1['fcd']!r}, KID {r2['kid_classifier']!r} vs "
           f"{r1['kid_classifier']!r}, accuracy {r2['class_accuracy']} vs {r1['class_accuracy']}; max |mu diff| "
           f"{np.max(np.abs(mu2 - mu1)):.3g}, max |sigma diff| {np.max(np.abs(s2 - s1)):.3g}")
     assert np.array_equal(x1, x2) and np.array_equal(l1, l2) and len(set(sample_hashes(x2))) == 36
     assert np.array_equal(f1, f2) and np.array_equal(mu1, mu2) and np.array_equal(s1, s2)
-    for key in ("fcd", "kid_classifier", "kid_classifier_std", "class_accuracy", "real_test_fcd",
-                "real_test_kid_classifier", "real_test_class_accuracy"):
+    keys = ["fcd", "kid_classifier", "kid_classifier_std", "class_accuracy"]
+    keys += ["real_test_fcd", "real_test_kid_classifier", "real_test_class_accuracy"] if model == "pixel" else []
+    for key in keys:
         assert r2[key] == r1[key], key
 
 
