@@ -177,12 +177,16 @@ def consistency_sampler(run, sampling, steps: int, num_scales: int = 18, rho: fl
     return fn
 
 
-def measured_quality(method: str, nfe: int) -> str:
-    """``FCD value [lo, hi]`` of (method, NFE) from the few-step experiment's results, or "-"."""
+def few_step_rows() -> list:
+    """The few-step experiment's result rows (experiments/results/few_step.json), or [] when it has not been run."""
     if not os.path.exists(FEW_STEP_RESULTS):
-        return "-"
+        return []
     with open(FEW_STEP_RESULTS) as fh:
-        rows = json.load(fh)["rows"]
+        return json.load(fh)["rows"]
+
+
+def measured_quality(rows: list, method: str, nfe: int) -> str:
+    """``FCD value [lo, hi]`` of (method, NFE) among the few-step experiment's ``rows``, or "-"."""
     row = next((r for r in rows if r["method"] == method and r["nfe"] == nfe), None)
     if row is None:
         return "-"
@@ -209,7 +213,7 @@ def bench_distilled(config, batch: int, reps: int) -> list:
         plans.append(("progressive", n, 1.0, lambda s=s: run.task.make_sample_fn(run, s)))
     for n in (1, 2, 4):
         plans.append(("consistency", n, 1.0, lambda n=n: consistency_sampler(run, student, n)))
-    rows = []
+    rows, measured = [], few_step_rows()
     for method, nfe, w, make in plans:
         fn = make()
         t0 = time.perf_counter()
@@ -218,7 +222,7 @@ def bench_distilled(config, batch: int, reps: int) -> list:
         jax.block_until_ready(compiled(*args))
         seconds = time_runs(compiled, args, reps)
         rows.append({"method": method, "nfe": nfe, "calls": nfe * (2 if w != 1.0 else 1), "batch": batch,
-                     "compile_s": compile_s, "images_per_sec": batch / seconds, "quality": measured_quality(method, nfe)})
+                     "compile_s": compile_s, "images_per_sec": batch / seconds, "quality": measured_quality(measured, method, nfe)})
         print(format_distilled(rows[-1]), flush=True)
     return rows
 
