@@ -7,7 +7,10 @@
 #   4. run `python3 -m ddpm_jax.main --config=CONFIG --workdir=WORKDIR [extra flags]` on all workers at once.
 #      Each worker is one JAX process; jax.distributed finds the others from the TPU metadata.
 #
-# A gs://BUCKET/PATH workdir is mounted with gcsfuse on every worker (multi-host checkpoints need one shared folder).
+# A gs://BUCKET/PATH workdir is passed straight through: every worker reads and writes it directly (config, lock,
+# metrics and samples through etils.epath/gcsfs, checkpoints through Orbax/TensorStore), so all hosts share one
+# workdir without a mount. --mount-bucket BUCKET mounts gs://BUCKET with gcsfuse at ~/gcs/BUCKET on every worker, for
+# prepared datasets larger than a worker's disk (arrayrecord:gs://... datasets are otherwise staged to local disk).
 # Rerunning the same command after a preemption resumes from the last checkpoint (the trainer saves on SIGTERM).
 #
 # Streaming data (--config.data.name=arrayrecord:DIR, made by `python -m ddpm_jax.data.prepare`; DIR on a disk or
@@ -28,7 +31,7 @@ usage: launch_tpu.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [opti
   --name NAME               TPU VM name (created if it does not exist)
   --zone ZONE               e.g. europe-west4-a (v3), us-central2-b (v4)
   --config PATH             config file, relative to the repository root (configs/ddpm_cifar10.py)
-  --workdir DIR             checkpoints/metrics/samples: a path on the workers, or gs://BUCKET/PATH (gcsfuse)
+  --workdir DIR             checkpoints/metrics/samples: a path on the workers, or gs://BUCKET/PATH (used directly)
   --accelerator-type TYPE   default v3-8; a pod slice such as v3-32 or v4-16 runs one process per worker
   --version VERSION         TPU VM software version, default tpu-ubuntu2204-base
   --project PROJECT         gcloud project (default: gcloud's configured one)
@@ -39,13 +42,15 @@ usage: launch_tpu.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [opti
   --grain-threads N         arrayrecord:DIR datasets: grain decoding threads per host (16 is a good start)
   --grain-prefetch N        batches decoded ahead per host (with --grain-threads: default 2 x threads)
   --grain-workers N         grain worker processes per host (0: decode in threads)
+  --mount-bucket BUCKET     mount gs://BUCKET with gcsfuse at ~/gcs/BUCKET on every worker (e.g. for a dataset:
+                            -- '--config.data.name=arrayrecord:$HOME/gcs/BUCKET/PATH')
 Flags after -- go to every worker's ddpm_jax.main in double quotes, so '$HOME/...' expands on the workers.
 EOF
   exit 2
 }
 
 NAME="" ZONE="" CONFIG="" WORKDIR="" ACCEL="v3-8" VERSION="tpu-ubuntu2204-base" PROJECT="" SPOT=0 REPO="" REF=""
-DETACH=0 DRY_RUN=0 EXTRA=() GRAIN_THREADS="" GRAIN_PREFETCH="" GRAIN_WORKERS=""
+DETACH=0 DRY_RUN=0 EXTRA=() GRAIN_THREADS="" GRAIN_PREFETCH="" GRAIN_WORKERS="" MOUNT_BUCKET=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
     --grain-threads) GRAIN_THREADS=$2; shift 2 ;;
     --grain-prefetch) GRAIN_PREFETCH=$2; shift 2 ;;
     --grain-workers) GRAIN_WORKERS=$2; shift 2 ;;
+    --mount-bucket) MOUNT_BUCKET=${2#gs://}; MOUNT_BUCKET=${MOUNT_BUCKET%%/*}; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "launch_tpu.sh: unknown argument $1 (flags for ddpm_jax.main go after --)" >&2; usage ;;
@@ -134,18 +140,16 @@ fi
 # 3. install (JAX for TPU first, then the package and its dependencies).
 on_all_workers "cd ~/ddpm-jax && python3 -m pip install -q -U 'jax[tpu]' && python3 -m pip install -q -e ."
 
-# 4. a gs:// workdir is mounted with gcsfuse at ~/gcs/BUCKET on every worker.
+# 4. --mount-bucket: gcsfuse at ~/gcs/BUCKET on every worker (a gs:// workdir needs no mount).
 REMOTE_WORKDIR=$(quote "$WORKDIR")
-if [[ $WORKDIR == gs://* ]]; then
-  BUCKET=${WORKDIR#gs://}; BUCKET=${BUCKET%%/*}
-  SUBDIR=${WORKDIR#gs://$BUCKET}
+if [ -n "$MOUNT_BUCKET" ]; then
+  BUCKET=$MOUNT_BUCKET
   INSTALL_GCSFUSE="command -v gcsfuse >/dev/null || { \
 curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null \
 && echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
 | sudo tee /etc/apt/sources.list.d/gcsfuse.list && sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; }"
   on_all_workers "$INSTALL_GCSFUSE && mkdir -p ~/gcs/$BUCKET && { mountpoint -q ~/gcs/$BUCKET || \
 gcsfuse --implicit-dirs --rename-dir-limit=1000000 $BUCKET ~/gcs/$BUCKET; }"
-  REMOTE_WORKDIR="\$HOME/gcs/$BUCKET$(quote "$SUBDIR")"
 fi
 
 # 5. train: the same command on all workers.

@@ -31,9 +31,11 @@ setup(
         "grain>=0.2.18,<0.3",  # streaming arrayrecord:DIR datasets (tested with 0.2.18)
         "array-record>=0.8.6,<0.9",  # the prepared datasets' file format (tested with 0.8.6)
         "msgpack>=1.0",  # the prepared datasets' record encoding
+        "gcsfs>=2025.3",  # gs:// workdirs and datasets through etils.epath (tested with 2026.10.1)
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # gcp-storage-emulator: a local GCS server on 127.0.0.1 for the gs:// workdir tests
+        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7"],
         # Reference implementations for benchmarks and golden-file generation (CPU build of torch from this disk).
         "bench": ["torch==2.13.0", "diffusers==0.35.2"],
     },

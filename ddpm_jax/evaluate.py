@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ddpm_jax import storage
 from ddpm_jax.cli import check_config_argv
 from ddpm_jax.models.inception import weights_sha256
 
@@ -105,7 +106,7 @@ def make_extractor():
             raise app.UsageError("--features=classifier needs --classifier_workdir (train configs/classifier_*.py)")
         extractor = classifier_features_from_workdir(FLAGS.classifier_workdir, FLAGS.batch_size)
         return extractor, {"feature_space": extractor.name, "weights_sha256": extractor.weights_sha256,
-                           "weights": os.path.abspath(FLAGS.classifier_workdir)}
+                           "weights": storage.resolve(FLAGS.classifier_workdir)}
     from ddpm_jax.evaluation.features import InceptionFeatures
     from ddpm_jax.models.inception import load_inception_params
 
@@ -184,7 +185,7 @@ def mode_stats():
     save_stats(FLAGS.out, mu, sigma, image_count=len(images), **what, **manifest)
     report = {"stats": FLAGS.out, "count": len(images), **manifest}
     if FLAGS.save_features:
-        np.save(features_path(FLAGS.out), feats.astype(np.float32))
+        storage.save_npy(features_path(FLAGS.out), feats.astype(np.float32))
         report["features"] = features_path(FLAGS.out)
     if feature_space() == "inception":
         from ddpm_jax.evaluation.inception_score import inception_score
@@ -212,10 +213,10 @@ def mode_distance():
     name = "fid" if space == "inception_pool3" else "fcd"
     report = {name: frechet_distance(mu1, s1, mu2, s2), "feature_space": space}
     fa, fb = features_path(FLAGS.stats_a), features_path(FLAGS.stats_b)
-    if os.path.exists(fa) and os.path.exists(fb):
+    if storage.exists(fa) and storage.exists(fb):
         from ddpm_jax.evaluation.kid import kernel_inception_distance
 
-        f1, f2 = np.load(fa).astype(np.float64), np.load(fb).astype(np.float64)
+        f1, f2 = storage.load_npy(fa).astype(np.float64), storage.load_npy(fb).astype(np.float64)
         kid_name = "kid" if space == "inception_pool3" else "kid_classifier"
         report[kid_name], report[kid_name + "_std"] = kernel_inception_distance(
             f1, f2, subset_size=min(1000, len(f1), len(f2)))
@@ -255,11 +256,11 @@ def mode_samples():
     if FLAGS.save_stats:
         from ddpm_jax.evaluation.stats_file import save_stats
 
-        stats_path = os.path.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}_stats.npz")
-        save_stats(stats_path, *feature_statistics(feats), image_count=len(images), workdir=os.path.abspath(
+        stats_path = storage.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}_stats.npz")
+        save_stats(stats_path, *feature_statistics(feats), image_count=len(images), workdir=storage.resolve(
             FLAGS.workdir), checkpoint_step=out["step"], seed=FLAGS.seed, **manifest)
         if FLAGS.save_features:
-            np.save(features_path(stats_path), feats.astype(np.float32))
+            storage.save_npy(features_path(stats_path), feats.astype(np.float32))
         result["stats"] = stats_path
     if FLAGS.baseline_split:
         # The floor a perfect model reaches: held-out real images scored like the samples. Fréchet distance and KID
@@ -280,9 +281,8 @@ def mode_samples():
                    f"({len(ref)} images)", "sampler": config.sampling.sampler,
                    "num_steps": config.sampling.get("num_steps"), "guidance_scale": config.sampling.get("guidance_scale"),
                    **out["extra"], **manifest})  # extra: what the task adds (a distilled student's own step count)
-    path = os.path.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    path = storage.join(FLAGS.workdir, f"eval_{feature_space()}_{FLAGS.num_samples}.json")
+    storage.write_json(path, result)
     print(json.dumps(result))
     log.info("wrote %s", path)
 

@@ -83,10 +83,9 @@ def _per_stage(values, n: int, name: str) -> list:
 
 def cascade():
     """Base model -> SR stages; writes the final grid, a grid of every stage and a .npz."""
-    import os
-
     import numpy as np
 
+    from ddpm_jax import storage
     from ddpm_jax.evaluation.multiprocess import is_main_process
     from ddpm_jax.pipelines.cascade import cascade_from_workdirs, write_cascade
 
@@ -100,7 +99,7 @@ def cascade():
     result = cascade_from_workdirs(FLAGS.workdir, sr, FLAGS.num, FLAGS.seed, labels, FLAGS.prompt, base,
                                    sr_overrides, FLAGS.ema)
     tag = "class" + "_".join(map(str, classes)) if classes else "prompt"
-    out = FLAGS.out or os.path.join(sr[-1] if sr else FLAGS.workdir, "samples",
+    out = FLAGS.out or storage.join(sr[-1] if sr else FLAGS.workdir, "samples",
                                     f"cascade_{tag}_seed{FLAGS.seed}.png")
     if not is_main_process():  # every process sampled its share; process 0 writes
         return

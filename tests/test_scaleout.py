@@ -262,7 +262,8 @@ def test_launch_tpu_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
         (fake_bin / tool).chmod(0o755)
     cmd = ["bash", os.path.join(ROOT, "launch_tpu.sh"), "--dry-run", "--name", "ddpm-v3", "--zone", "europe-west4-a",
            "--accelerator-type", "v3-8", "--config", "configs/ddpm_cifar10.py", "--workdir", "gs://bucket/ddpm",
-           "--", "--config.model.dtype=bfloat16", "--config.training.grad_accum_steps=2"]
+           "--mount-bucket", "gs://data-bucket", "--", "--config.model.dtype=bfloat16",
+           "--config.training.grad_accum_steps=2"]
     env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -274,9 +275,10 @@ def test_launch_tpu_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
             "--version=tpu-ubuntu2204-base") in out
     assert "+ gcloud compute tpus tpu-vm scp" in out and "--worker=all" in out
     assert f"{ssh} '--command=cd ~/ddpm-jax && python3 -m pip install" in out
-    assert "gcsfuse --implicit-dirs --rename-dir-limit=1000000 bucket ~/gcs/bucket" in out
+    assert "gcsfuse --implicit-dirs --rename-dir-limit=1000000 data-bucket ~/gcs/data-bucket" in out
+    assert "~/gcs/bucket" not in out  # the gs:// workdir is passed straight through, not mounted
     assert (f"{ssh} '--command=cd ~/ddpm-jax && python3 -m ddpm_jax.main --config=configs/ddpm_cifar10.py "
-            "--workdir=$HOME/gcs/bucket/ddpm --config.model.dtype=bfloat16 --config.training.grad_accum_steps=2'"
+            "--workdir=gs://bucket/ddpm --config.model.dtype=bfloat16 --config.training.grad_accum_steps=2'"
             ) in out
     missing = subprocess.run(cmd[:2] + ["--dry-run", "--name", "x"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "--zone is required" in missing.stderr

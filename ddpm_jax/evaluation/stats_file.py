@@ -7,13 +7,13 @@ files (it only looks at ``mu`` and ``sigma``); we read plain pytorch-fid files, 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from typing import Any, Dict, Tuple
 
 import numpy as np
 
 import ddpm_jax
+from ddpm_jax import storage
 from ddpm_jax.evaluation.fid import check_gaussian
 
 IDENTITY_KEYS = ("feature_space", "weights_sha256")
@@ -40,31 +40,23 @@ def save_stats(path: str, mu, sigma, **manifest: Any) -> None:
     except TypeError as e:
         raise ValueError(f"stats manifest must be JSON-serialisable: {e}") from None
     manifest = json.loads(text)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma, manifest=np.array(text))
-    with open(f"{path}.json.tmp", "w") as f:
-        f.write(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
-    os.replace(tmp, path)
-    os.replace(f"{path}.json.tmp", f"{path}.json")
+    storage.save_npz(path, mu=mu, sigma=sigma, manifest=np.array(text))
+    storage.write_text_atomic(f"{path}.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
 
 
 def load_stats(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """(mu, sigma, manifest) from one of our stats files or a plain pytorch-fid one (manifest {} unless a sidecar)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"stats file not found: {path} (write one with ddpm_jax.evaluation.save_stats or "
                                 "pytorch-fid --save-stats)")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in ("mu", "sigma") if k not in f.files]
-        if missing:
-            raise ValueError(f"{path} has no {' or '.join(missing)} array (keys: {f.files}); expected a pytorch-fid "
-                             "stats .npz")
-        mu, sigma = check_gaussian(f["mu"], f["sigma"], path)
-        inner = json.loads(str(f["manifest"])) if "manifest" in f.files else None
-    sidecar = None
-    if os.path.isfile(f"{path}.json"):
-        with open(f"{path}.json") as f:
-            sidecar = json.load(f)
+    f = storage.load_npz(path)
+    missing = [k for k in ("mu", "sigma") if k not in f]
+    if missing:
+        raise ValueError(f"{path} has no {' or '.join(missing)} array (keys: {sorted(f)}); expected a pytorch-fid "
+                         "stats .npz")
+    mu, sigma = check_gaussian(f["mu"], f["sigma"], path)
+    inner = json.loads(str(f["manifest"])) if "manifest" in f else None
+    sidecar = storage.read_json(f"{path}.json")
     if inner is not None and sidecar is not None and inner != sidecar:
         raise ValueError(f"the manifest inside {path} and its sidecar {path}.json differ")
     return mu, sigma, inner if inner is not None else (sidecar or {})

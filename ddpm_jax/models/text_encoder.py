@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import storage
+
 # model_type -> (transformers Flax class, config field holding the layer count, pooling)
 ARCHITECTURES = {
     "bert": ("FlaxBertModel", "num_hidden_layers", "mean"),
@@ -282,16 +284,14 @@ def cache_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir: str)
     changed encoder or dataset never reuses a stale file."""
     texts = _check_texts(texts)
     key = cache_key(encoder, texts)
-    path = os.path.join(cache_dir, f"text_embeddings_{key[:20]}.npz")
-    if os.path.isfile(path):
-        with np.load(path) as f:
-            if str(f["key"]) == key:
-                return TextEmbeddings(tuple(f["texts"].tolist()), f["embeddings"], f["mask"], f["pooled"], f["index"], key)
+    path = storage.join(cache_dir, f"text_embeddings_{key[:20]}.npz")
+    if storage.isfile(path):
+        f = storage.load_npz(path)
+        if str(f["key"]) == key:
+            return TextEmbeddings(tuple(f["texts"].tolist()), f["embeddings"], f["mask"], f["pooled"], f["index"], key)
     unique, index = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
     embeddings, mask, pooled = encoder.encode_and_pool(unique.tolist())
     result = TextEmbeddings(tuple(unique.tolist()), embeddings, mask, pooled, index.astype(np.int32).reshape(-1), key)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, texts=unique, embeddings=embeddings, mask=mask, pooled=pooled, index=result.index, key=np.array(key))
-    os.replace(tmp, path)
+    storage.save_npz(path, texts=unique, embeddings=embeddings, mask=mask, pooled=pooled, index=result.index,
+                     key=np.array(key))
     return result

@@ -12,7 +12,7 @@ import numpy as np
 from ddpm_jax.data import to_uint8
 from ddpm_jax.evaluation.multiprocess import host_local
 from ddpm_jax.pipelines.images import save_grid
-from ddpm_jax.pipelines.workdir import share_sampling, with_sampling
+from ddpm_jax.pipelines.workdir import save_npz_compressed, share_sampling, with_sampling
 from ddpm_jax.tasks import Trained, load_trained
 from ddpm_jax.workdir import Workdir
 
@@ -79,7 +79,7 @@ def write_cascade(out: str, result: Dict[str, Any], ncols: Optional[int] = None)
     blocks = [x.repeat(size // x.shape[1], 1).repeat(size // x.shape[1], 2) for x in stages]
     stages_png = save_grid(root + "_stages.png", np.concatenate(blocks), ncols or len(stages[-1]))
     npz = root + ".npz"
-    np.savez_compressed(npz, images=stages[-1], labels=result["labels"],
+    save_npz_compressed(npz, images=stages[-1], labels=result["labels"],
                         **{f"stage_{i}": x for i, x in enumerate(stages)})
     return {"png": png, "stages_png": stages_png, "npz": npz}
 

@@ -1,10 +1,12 @@
 """Image grids and files: uint8 grids as PNG, sample arrays as .npz."""
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
+
+from ddpm_jax import storage
 
 
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscale: int = 1) -> np.ndarray:
@@ -25,9 +27,11 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscal
 
 
 def save_png(path: str, image: np.ndarray) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write ``image`` as a PNG to a local or gs:// path (atomically)."""
     image = image[..., 0] if image.shape[-1] == 1 else image
-    Image.fromarray(image).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    storage.write_bytes_atomic(path, buf.getvalue())
     return path
 
 

@@ -9,14 +9,14 @@ images as one process makes), all get the samples back, and process 0 alone writ
 """
 from __future__ import annotations
 
-import json
+import io
 import logging
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import jax
 import numpy as np
 
+from ddpm_jax import storage
 from ddpm_jax.data import to_uint8
 from ddpm_jax.evaluation.multiprocess import ProcessShare, host_local, is_main_process
 from ddpm_jax.pipelines.images import save_grid
@@ -40,14 +40,19 @@ def with_sampling(config, sampler: Optional[str] = None, steps: Optional[int] = 
     return config
 
 
+def save_npz_compressed(path: str, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    storage.write_bytes_atomic(path, buf.getvalue())
+
+
 def write_samples(out_root: str, images: np.ndarray, labels: np.ndarray, ncols: Optional[int],
                   settings: Dict[str, Any], **arrays) -> Dict[str, str]:
     """``out_root``.png (grid), .npz (uint8 ``images``, ``labels`` and ``arrays``), .json (``settings``)."""
     png = save_grid(out_root + ".png", images, ncols)
     npz = out_root + ".npz"
-    np.savez_compressed(npz, images=images, labels=np.asarray(labels, np.int32), **arrays)
-    with open(out_root + ".json", "w") as f:
-        json.dump(settings, f, indent=2, default=str)
+    save_npz_compressed(npz, images=images, labels=np.asarray(labels, np.int32), **arrays)
+    storage.write_json(out_root + ".json", settings, default=str)
     return {"png": png, "npz": npz, "json": out_root + ".json"}
 
 
@@ -79,7 +84,7 @@ def sample_workdir(workdir: str, num: int, config=None, use_ema: bool = True, ou
     key = jax.random.key(s.seed if seed is None else seed)
     samples = run.task.sample(run, host_local(trained.params), key, num, labels, prompts)
     name = out_name or f"{samples.name}_step{trained.step}"
-    root = os.path.join(trained.workdir, "samples", name)
+    root = storage.join(trained.workdir, "samples", name)
     out = {"step": trained.step, "images": samples.images, "labels": samples.labels, "extra": samples.extra}
     if not is_main_process():  # process 0 writes; the paths are where it wrote them
         return {**out, "png": root + ".png", "npz": root + ".npz", "json": root + ".json"}
@@ -113,7 +118,7 @@ def generate_text(workdir: str, prompts: Sequence[str], num: int = 16, guidance:
     images = to_uint8(run.to_pixels(x))
     if out is None:
         slug = "".join(c if c.isalnum() else "_" for c in prompts[0])[:40].strip("_") or "prompt"
-        out = os.path.join(trained.workdir, "samples", f"t2i_{slug}_w{s.guidance_scale:g}_{s.sampler}"
+        out = storage.join(trained.workdir, "samples", f"t2i_{slug}_w{s.guidance_scale:g}_{s.sampler}"
                                                        f"{s.num_steps or ''}_seed{seed}_step{trained.step}.png")
     root = out[:-4] if out.endswith(".png") else out
     grid = [prompts[i % len(prompts)] for i in range(num)]
@@ -125,7 +130,6 @@ def generate_text(workdir: str, prompts: Sequence[str], num: int = 16, guidance:
         return {"png": root + ".png", "npz": root + ".npz", **result}
     png = save_grid(root + ".png", images, min(len(prompts), num) if len(prompts) > 1 else None)
     npz = root + ".npz"
-    np.savez_compressed(npz, images=images, prompt_index=index, prompts=np.asarray(prompts, dtype=str))
-    with open(root + ".json", "w") as f:
-        json.dump(settings, f, indent=2)
+    save_npz_compressed(npz, images=images, prompt_index=index, prompts=np.asarray(prompts, dtype=str))
+    storage.write_json(root + ".json", settings)
     return {"png": png, "npz": npz, **result}

@@ -34,10 +34,8 @@ guidance; Meng et al. 2023 with w fixed): the student learns the guided teacher 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from typing import Callable, Dict, Optional
 
 import jax
@@ -45,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion
+from ddpm_jax import storage
 from ddpm_jax.data import to_uint8
 from ddpm_jax.default_config import base_config
 from ddpm_jax.diffusion.process import _bcast
@@ -467,7 +466,7 @@ class DistillTask(Wrapper):
         clash = [k for k in differences(teacher, config) if k in ours and k not in PASS_THROUGH
                  and k.split(".")[0] not in STUDENT_GROUPS and k not in ("task", "seed")]
         if clash:
-            record = os.path.join(os.path.abspath(path), "config.json")
+            record = storage.join(storage.resolve(path), "config.json")
             raise ValueError(f"the student has the teacher's architecture, data and diffusion settings, but this "
                              f"config sets {', '.join(clash[:4])} unlike {record}: remove "
                              f"{'them' if len(clash) > 1 else 'it'}")
@@ -537,18 +536,16 @@ class DistillTask(Wrapper):
             record["rounds"] = method.rounds.describe()
         else:
             record["sigmas"] = [float(s) for s in method.sigmas]
-        path = os.path.join(workdir, RECORD)
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+        path = storage.join(workdir, RECORD)
+        saved = storage.read_json(path)
+        if saved is not None:
             if saved.get("teacher_sha256") != record["teacher_sha256"]:
                 raise ValueError(f"{path}: this student was distilled from other teacher weights ("
                                  f"{saved.get('teacher_workdir')} at step {saved.get('teacher_step')}); "
                                  f"{trained.workdir} now holds step {trained.step}. Use that teacher or a new "
                                  f"--workdir")
             return
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2)
+        storage.write_json(path, record)
 
     def init_params(self, run, key):
         """The student (and the frozen teacher, target network, step count) from the teacher's EMA parameters."""

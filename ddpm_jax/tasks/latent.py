@@ -8,14 +8,14 @@ before decoding. ``WORKDIR/latent.json`` pins the autoencoder (weights fingerpri
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ddpm_jax import storage
 
 from ddpm_jax.data import ArrayPipeline, resize_nearest, to_model_range
 from ddpm_jax.tasks.base import Wrapper
@@ -79,7 +79,7 @@ def load_latent_space(latent_config, images: np.ndarray, image_size: int) -> Lat
     if trained.config.data.image_size != image_size:
         raise ValueError(f"the autoencoder in {workdir} was trained on {trained.config.data.image_size}px images, "
                          f"this config uses {image_size}px")
-    space = LatentSpace(trained.run.model, trained.params, 1.0, os.path.abspath(workdir), params_sha256(trained.params))
+    space = LatentSpace(trained.run.model, trained.params, 1.0, storage.resolve(workdir), params_sha256(trained.params))
     scale = float(latent_config.scale_factor or 0.0)
     if not scale:
         scale = scale_factor_from_latents(space.encode(images[:latent_config.num_scale_images], image_size))
@@ -90,18 +90,16 @@ def load_latent_space(latent_config, images: np.ndarray, image_size: int) -> Lat
 def check_or_write_record(space: LatentSpace, workdir: str, write: bool = True) -> None:
     """Store the scale factor and autoencoder fingerprint beside the checkpoints (``write``); on resume and when
     sampling they must not change."""
-    path = os.path.join(workdir, RECORD)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = storage.join(workdir, RECORD)
+    saved = storage.read_json(path)
+    if saved is not None:
         if saved.get("autoencoder_sha256") != space.autoencoder_sha256:
             raise ValueError(f"{path}: this run was trained on another autoencoder ({saved.get('autoencoder_workdir')})")
         if not np.isclose(saved["scale_factor"], space.scale_factor, rtol=1e-6):
             raise ValueError(f"{path}: scale factor {saved['scale_factor']} was stored, {space.scale_factor} computed")
         return
     if write:
-        with open(path, "w") as f:
-            json.dump(space.record(), f, indent=2)
+        storage.write_json(path, space.record())
 
 
 class Latent(Wrapper):

@@ -9,7 +9,6 @@ the caption with probability ``text.cond_drop_prob``. Batch k stays a pure funct
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Dict, Sequence, Tuple
@@ -17,6 +16,8 @@ from typing import Any, Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ddpm_jax import storage
 
 from ddpm_jax.data.captions import class_prompts, load_captioned
 from ddpm_jax.models.denoiser import TEXT_KEYS
@@ -100,11 +101,10 @@ class TextConditioning:
 def check_record(text: TextConditioning, workdir: str) -> bool:
     """True if ``workdir`` records this encoder, False if it records none; another encoder (other weights, layers,
     tokenizer or max_length) is an error, since the model only knows its own encoder's embeddings."""
-    path = os.path.join(workdir, RECORD)
-    if not os.path.exists(path):
+    path = storage.join(workdir, RECORD)
+    saved = storage.read_json(path)
+    if saved is None:
         return False
-    with open(path) as f:
-        saved = json.load(f)
     if saved["fingerprint"] != text.encoder.fingerprint:
         raise ValueError(f"{path}: this model was trained with another text encoder ({saved['path']}, "
                          f"{saved['num_layers']} layers, random_init={saved['random_init']}, max_length="
@@ -114,8 +114,7 @@ def check_record(text: TextConditioning, workdir: str) -> bool:
 
 def check_or_write_record(text: TextConditioning, workdir: str, write: bool = True) -> None:
     if not check_record(text, workdir) and write:
-        with open(os.path.join(workdir, RECORD), "w") as f:
-            json.dump(text.record(), f, indent=2)
+        storage.write_json(storage.join(workdir, RECORD), text.record())
 
 
 def default_prompts(source, captions: Sequence[str]) -> Tuple[str, ...]:
@@ -181,7 +180,7 @@ class Text(Wrapper):
         return run
 
     def pipeline(self, run, workdir, main_process):
-        embeddings = run.text.embed_dataset(os.path.join(workdir, "text_cache"))
+        embeddings = run.text.embed_dataset(storage.join(workdir, "text_cache"))
         log.info("text encoder %r: %d captions (%d unique) embedded (cache %s/text_cache)", run.text.encoder,
                  len(run.text.captions), len(embeddings.texts), workdir)
         return TextPipeline(self.inner.pipeline(run, workdir, main_process), embeddings, self.text_fields)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, Optional
 
+from ddpm_jax import storage
 from ddpm_jax.workdir import CheckpointSaveError
 
 log = logging.getLogger("ddpm_jax")
@@ -26,20 +29,34 @@ def setup_logging():
 class MetricWriter:
     """Writes scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard (tensorboardX: no TensorFlow needed).
 
-    Only the process that owns logging (process 0) should create one with ``enabled=True``.
+    Only the process that owns logging (process 0) should create one with ``enabled=True``. On a gs:// workdir
+    (object storage has no append) both are written to a local staging folder and uploaded whole by :meth:`flush`:
+    at most every ``upload_every`` seconds from :meth:`write`, at each checkpoint, and on :meth:`close`.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, upload_every: float = 60.0):
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        self.workdir = storage.resolve(workdir)
+        self.remote = storage.is_remote(self.workdir)
+        self.upload_every = upload_every
+        self._uploaded = time.time()
+        local = self.workdir
+        if self.remote:
+            local = tempfile.mkdtemp(prefix="ddpm_jax_metrics_")
+            remote_jsonl = storage.join(self.workdir, "metrics.jsonl")
+            if storage.exists(remote_jsonl):  # a resumed run appends to its earlier lines
+                with open(os.path.join(local, "metrics.jsonl"), "wb") as f:
+                    f.write(storage.read_bytes(remote_jsonl))
+        os.makedirs(local, exist_ok=True)
+        self._local = local
+        self._jsonl = open(os.path.join(local, "metrics.jsonl"), "a", buffering=1)
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
         except ImportError:
             log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
 
@@ -54,6 +71,23 @@ class MetricWriter:
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+        if self.remote and time.time() - self._uploaded > self.upload_every:
+            self.flush()
+
+    def flush(self):
+        """Make the written metrics visible in the workdir (uploads them when it is remote)."""
+        if not self.enabled or not self.remote:
+            return
+        if self._tb is not None:
+            self._tb.flush()
+        self._jsonl.flush()
+        self._upload()
+
+    def _upload(self):
+        for path in storage.walk_files(self._local):
+            storage.write_bytes_atomic(storage.join(self.workdir, os.path.relpath(path, self._local)),
+                                       storage.read_bytes(path))
+        self._uploaded = time.time()
 
     def close(self):
         """Flush and close; a failed flush (a full disk) is a warning, so it never hides the error that stopped the
@@ -65,6 +99,12 @@ class MetricWriter:
                         f.close()
                 except OSError as e:
                     log.warning("could not flush %s: %s", name, e)
+            if self.remote:
+                try:
+                    self._upload()
+                except OSError as e:
+                    log.warning("could not upload the metrics to %s: %s", self.workdir, e)
+                shutil.rmtree(self._local, ignore_errors=True)
 
 
 def format_duration(seconds: float) -> str:

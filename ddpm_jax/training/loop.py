@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Dict, List, Optional
 
 import jax
 import numpy as np
 from clu import parameter_overview
 
+from ddpm_jax import storage
 from ddpm_jax.data import data_iterator
 from ddpm_jax.evaluation.quality import SampleQuality
 from ddpm_jax.pipelines.images import save_grid
@@ -136,7 +136,7 @@ def write_grid(run: Run, params, step: int, workdir: str) -> Optional[str]:
     samples = run.task.sample_grid(run, params, jax.random.key(run.config.seed + 1), run.config.sampling.num_grid)
     if samples is None:
         return None
-    return save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples.images, samples.ncols)
+    return save_grid(storage.join(workdir, "samples", f"step_{step:07d}.png"), samples.images, samples.ncols)
 
 
 def finish(run: Run, state: TrainState, wd: Workdir, writer: MetricWriter, main_process: bool) -> None:
@@ -186,8 +186,7 @@ def _train(config, wd: Workdir, main_process: bool) -> TrainState:
         start = int(jax.device_get(state.step))
         if main_process and start == 0:
             overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
-            with open(wd.file("parameter_overview.txt"), "w") as f:
-                f.write(overview + "\n")
+            storage.write_text_atomic(wd.file("parameter_overview.txt"), overview + "\n")
             log.info("model: %s parameters; data: %s (%d examples, %s); mesh %s",
                      f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", run.source.name, len(run.source),
                      "x".join(map(str, run.image_shape)), dict(mesh.shape))
@@ -258,6 +257,7 @@ def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, m
             if due(t.checkpoint_every) or (preempted and last_saved != done):
                 checkpointer.save(done, state, force=preempted, data=data)
                 last_saved = done
+                writer.flush()  # a gs:// workdir's metrics are uploaded with each checkpoint
             else:
                 checkpointer.check_for_errors()
             if preempted:  # SIGTERM: the step is finished and saved; wait for the async write, then stop

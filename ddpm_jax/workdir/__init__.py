@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ddpm_jax import storage
 from ddpm_jax.workdir.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError,  # noqa: F401
                                           CheckpointSaveError, describe_mismatch, leaf_shapes)
 from ddpm_jax.workdir.lock import WorkdirLock, WorkdirLockedError  # noqa: F401
@@ -47,13 +48,18 @@ class Workdir:
     def __init__(self, path: str):
         if not path:
             raise ValueError("--workdir must name a folder")
-        self.path = os.path.abspath(path)
+        self.path = storage.resolve(path)
 
     def __repr__(self) -> str:
         return f"Workdir({self.path!r})"
 
+    @property
+    def remote(self) -> bool:
+        """On object storage (gs://): no mount, every file through :mod:`ddpm_jax.storage`."""
+        return storage.is_remote(self.path)
+
     def file(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
+        return storage.join(self.path, *parts)
 
     # ------------------------------------------------------------------ config
 
@@ -99,35 +105,34 @@ class Workdir:
         traceback at the first checkpoint."""
         probe = self.file(f".write_probe_{os.getpid()}")
         try:
-            os.makedirs(self.file("checkpoints"), exist_ok=True)
-            with open(probe, "w") as f:
-                f.write("x" * 4096)
-                f.flush()
-                os.fsync(f.fileno())
-            os.remove(probe)
+            storage.makedirs(self.file("checkpoints"))
+            if self.remote:
+                storage.write_bytes_atomic(probe, b"x" * 4096)
+            else:
+                with open(probe, "w") as f:
+                    f.write("x" * 4096)
+                    f.flush()
+                    os.fsync(f.fileno())
+            storage.remove(probe)
         except OSError as e:
             raise WorkdirNotWritableError(f"cannot write to the workdir {self.path}: {e.strerror or e}") from None
 
     def final_done(self, step: int) -> bool:
         """Whether the final actions (last sample grid, final evaluation) of a run ending at ``step`` were done."""
         try:
-            with open(self.file(FINAL_FILE)) as f:
-                return json.load(f).get("step") == step
+            return json.loads(storage.read_text(self.file(FINAL_FILE))).get("step") == step
         except (OSError, ValueError):
             return False
 
     def mark_final(self, step: int, outputs: dict) -> None:
         entry = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  **outputs}
-        tmp = self.file(FINAL_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(entry, f, indent=2)
-        os.replace(tmp, self.file(FINAL_FILE))
+        storage.write_text_atomic(self.file(FINAL_FILE), json.dumps(entry, indent=2))
 
     # ------------------------------------------------------------------ checkpoints
 
     def checkpointer(self, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False) -> Checkpointer:
-        if read_only and not os.path.isdir(self.file("checkpoints")):
+        if read_only and not storage.isdir(self.file("checkpoints")):
             raise FileNotFoundError(f"no checkpoint in {self.file('checkpoints')}: train first with --mode=train")
         return Checkpointer(self.path, max_to_keep, async_save, read_only)
 

@@ -14,8 +14,6 @@ grain's Orbax handler (one ``process_I-of-N.json`` per process) in the same atom
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from typing import Any, Optional
 
@@ -23,6 +21,8 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ddpm_jax import storage
 
 log = logging.getLogger("ddpm_jax")
 STATE_ITEM = "default"  # Orbax's name of a single item: checkpoints without a data item read as before
@@ -104,7 +104,7 @@ class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for one train state."""
 
     def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = storage.join(storage.resolve(workdir), "checkpoints")
         self._max_to_keep = max_to_keep
         self._async = async_save and not read_only
         self.read_only = read_only
@@ -120,13 +120,12 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
-        if self.read_only and not os.path.isdir(self.directory):
+        if self.read_only and not storage.isdir(self.directory):
             return []
         return sorted(self.manager.all_steps())
 
     def quarantined(self) -> list[str]:
-        corrupt = os.path.join(self.directory, "corrupt")
-        return sorted(os.listdir(corrupt)) if os.path.isdir(corrupt) else []
+        return storage.listdir(storage.join(self.directory, "corrupt"))
 
     def save(self, step: int, state: Any, force: bool = False, data: Any = None) -> bool:
         """Save ``state`` at ``step``, with ``data`` (a grain iterator: its position after step ``step``) when given;
@@ -171,15 +170,13 @@ class Checkpointer:
         self.manager = None
 
     def _quarantine(self, step: int, error: Exception):
-        src = os.path.join(self.directory, str(step))
+        src = storage.join(self.directory, str(step))
         if self.read_only:  # a reader never moves anything: report and try the previous one
             log.warning("checkpoint step %d is unreadable (%s: %s); using the previous one (not moved: read-only)",
                         step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
             return
-        dst_dir = os.path.join(self.directory, "corrupt")
-        os.makedirs(dst_dir, exist_ok=True)
-        dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-        shutil.move(src, dst)
+        dst = storage.join(self.directory, "corrupt", f"{step}-{int(time.time())}")
+        storage.move_tree(src, dst)
         log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one",
                     step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", dst)
         self.manager.close()
@@ -240,14 +237,14 @@ class Checkpointer:
 
     def data_file(self, step: int) -> str:
         """This process's data-position file of checkpoint ``step`` (grain's naming)."""
-        return os.path.join(self.directory, str(step), DATA_ITEM,
+        return storage.join(self.directory, str(step), DATA_ITEM,
                             f"process_{jax.process_index()}-of-{jax.process_count()}.json")
 
     def restore_data(self, step: int, data: Any) -> bool:
         """Set the grain iterator ``data`` to the position saved with checkpoint ``step``; False (nothing set) when
         the checkpoint has none for this process: written before the data item existed, by another process count,
         or unreadable (warned: the position is then computed from the step, see ``StepIterator.resume_at``)."""
-        if not os.path.isfile(self.data_file(step)):
+        if not storage.isfile(self.data_file(step)):
             return False
         try:
             self.manager.restore(step, args=ocp.args.Composite(**{DATA_ITEM: grain.checkpoint.CheckpointRestore(data)}))

@@ -1,6 +1,6 @@
 """One trainer per workdir: ``WORKDIR/lock.json`` holds the training process's pid, host and start time.
 
-The lock is created atomically (O_EXCL). A lock left by a process that is gone (kill -9, a crash) on this host is
+The lock is created atomically (a hard link locally; an ``ifGenerationMatch=0`` upload on gs://). A lock left by a process that is gone (kill -9, a crash) on this host is
 stale: it is taken over with a message. A lock held by a live process, or by a process on another host (whose
 liveness cannot be checked from here), is a one-line refusal saying who holds it.
 """
@@ -13,6 +13,8 @@ import os
 import socket
 import sys
 from typing import Optional
+
+from ddpm_jax import storage
 
 log = logging.getLogger("ddpm_jax")
 LOCK_FILE = "lock.json"
@@ -46,7 +48,8 @@ class WorkdirLock:
     """``with WorkdirLock(workdir, command):`` holds the workdir for this process (re-entrant per process)."""
 
     def __init__(self, workdir: str, command: str = "train"):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.workdir = storage.resolve(workdir)
+        self.path = storage.join(self.workdir, LOCK_FILE)
         self.command = command
         self.held = False
 
@@ -56,18 +59,11 @@ class WorkdirLock:
                 "proc_start": _proc_start(os.getpid()), "argv": sys.argv[:6]}
 
     def _try_create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._info(), f)
-        return True
+        return storage.create_exclusive(self.path, json.dumps(self._info()).encode())
 
     def holder(self) -> Optional[dict]:
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            return json.loads(storage.read_text(self.path))
         except FileNotFoundError:
             return None
         except (ValueError, OSError):
@@ -75,9 +71,9 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            storage.makedirs(self.workdir)
         except OSError as e:
-            raise OSError(f"cannot create the workdir {os.path.dirname(self.path)}: {e.strerror or e}") from None
+            raise OSError(f"cannot create the workdir {self.workdir}: {e.strerror or e}") from None
         for _ in range(3):
             if self._try_create():
                 self.held = True
@@ -91,18 +87,15 @@ class WorkdirLock:
                 return self
             if info and host != socket.gethostname():
                 raise WorkdirLockedError(
-                    f"{os.path.dirname(self.path)} is held by pid {pid} on host {host} (since {info.get('started')}): "
+                    f"{self.workdir} is held by pid {pid} on host {host} (since {info.get('started')}): "
                     f"one trainer per workdir; if that process is gone, delete {self.path}")
             if info and isinstance(pid, int) and _alive(pid, info.get("proc_start")):
                 raise WorkdirLockedError(
-                    f"{os.path.dirname(self.path)} is held by a running trainer, pid {pid} on {host} (since "
+                    f"{self.workdir} is held by a running trainer, pid {pid} on {host} (since "
                     f"{info.get('started')}): one trainer per workdir")
             log.warning("taking over the stale lock of %s (pid %s on %s, since %s: that process is gone)",
-                        os.path.dirname(self.path), pid, host, info.get("started") if info else "?")
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
+                        self.workdir, pid, host, info.get("started") if info else "?")
+            storage.remove(self.path)
         raise WorkdirLockedError(f"could not take the lock {self.path}: another process keeps taking it")
 
     def release(self) -> None:
@@ -110,7 +103,7 @@ class WorkdirLock:
             return
         info = self.holder()
         if info and info.get("pid") == os.getpid():
-            os.remove(self.path)
+            storage.remove(self.path)
         self.held = False
 
     def __enter__(self):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 
+from ddpm_jax import storage
 from ddpm_jax.default_config import base_config
 
 CONFIG_FILE = "config.json"
@@ -86,7 +87,7 @@ def check_compatible(workdir: str, recorded, given) -> Dict[str, Tuple[Any, Any]
         more = f" and {len(unsafe) - 6} more" if len(unsafe) > 6 else ""
         raise ConfigMismatchError(
             f"{workdir} holds a run with another config: {shown}{more}. Nothing was changed; use the recorded config "
-            f"({os.path.join(workdir, CONFIG_FILE)}) or a new --workdir")
+            f"({storage.join(workdir, CONFIG_FILE)}) or a new --workdir")
     return diff
 
 
@@ -107,12 +108,11 @@ def _to_config(tree: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]
 def load_recorded(workdir: str) -> Optional[ml_collections.ConfigDict]:
     """The recorded config of ``workdir`` (keys added to the defaults since are filled in), or None if there is
     none; a file that is not a config JSON is a one-line error naming it."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.exists(path):
         return None
     try:
-        with open(path) as f:
-            tree = json.load(f)
+        tree = json.loads(storage.read_text(path))
         if not isinstance(tree, dict):
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError) as e:
@@ -123,17 +123,10 @@ def load_recorded(workdir: str) -> Optional[ml_collections.ConfigDict]:
 
 def write_record(workdir: str, config) -> str:
     """Record ``config`` as the run's config (only when none is recorded; never overwrites)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2) if isinstance(config, ml_collections.ConfigDict)
-                else json.dumps(config, indent=2))
-    try:
-        os.link(tmp, path)  # atomic and refuses to replace an existing record
-    except FileExistsError:
-        pass
-    finally:
-        os.remove(tmp)
+    path = storage.join(workdir, CONFIG_FILE)
+    text = (config.to_json_best_effort(indent=2) if isinstance(config, ml_collections.ConfigDict)
+            else json.dumps(config, indent=2))
+    storage.create_exclusive(path, text.encode())  # atomic; an existing record is kept
     return path
 
 
@@ -142,5 +135,4 @@ def append_history(workdir: str, command: str, changes: Dict[str, Tuple[Any, Any
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": command, "host": socket.gethostname(), "pid": os.getpid(),
              "changes": {k: list(v) for k, v in changes.items()}}
-    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    storage.append_text(storage.join(workdir, HISTORY_FILE), json.dumps(entry) + "\n")
