@@ -17,26 +17,46 @@ concatenated shards (in manifest order).
 captions and class prompts use it), "source": what was converted, "image_shape": [H, W, C], "class_names": [...],
 "splits": {split: {"num_examples", "has_labels", "has_captions", "shards": [{"file", "num_records", "bytes",
 "sha256"}]}}}``.
+
+``DIR`` may be ``gs://BUCKET/PATH``. The C++ ArrayRecord reader opens local files only, so the manifest is read
+through :mod:`ddpm_jax.storage` (``etils.epath``) and the split's shards are first staged into a local cache
+(:func:`stage_split`): ``$DDPM_JAX_DATASET_CACHE`` or ``~/.cache/ddpm_jax/datasets``, one folder per remote path (its
+sha256). Each shard is downloaded in chunks to a name unique to the process, checked against its sha256 and renamed
+into place, under a per-shard lock; a ``FILE.verified`` marker (the sha256) lets a later open reuse it after a size
+check, without hashing it again. The staged folder is then read like any local one, with the same identity.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 import threading
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ddpm_jax import storage
 from ddpm_jax.data.errors import DatasetNotFoundError
+
+log = logging.getLogger("ddpm_jax")
 
 FORMAT = "ddpm_jax.arrayrecord"
 VERSION = 1
 MANIFEST = "manifest.json"
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: what random access (grain) needs
 SCAN_CHUNK = 4096  # records read per call when scanning labels/captions or decoding many images
+CACHE_ENV = "DDPM_JAX_DATASET_CACHE"  # where gs:// datasets are staged (default below)
+DEFAULT_CACHE = os.path.join("~", ".cache", "ddpm_jax", "datasets")
+COPY_CHUNK = 8 << 20  # bytes per read when staging a shard (memory stays bounded by this)
+VERIFIED = ".verified"  # suffix of the marker beside a staged shard: its sha256, written once it was checked
+PROGRESS_EVERY = 10.0  # seconds between progress lines while one shard downloads
 
 
 class DatasetFormatError(ValueError):
@@ -103,17 +123,17 @@ def decode_images(raws: Sequence[bytes], image_shape: Sequence[int]) -> Tuple[np
 
 
 def read_manifest(directory: str) -> dict:
-    """``DIR/manifest.json``; a missing folder or manifest is a one-line :class:`DatasetNotFoundError`."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isdir(directory):
-        raise DatasetNotFoundError(f"prepared dataset {directory} does not exist: make it with `python -m "
-                                   f"ddpm_jax.data.prepare --source=SOURCE --out={directory}`")
-    if not os.path.isfile(path):
+    """``DIR/manifest.json`` (DIR local or ``gs://``); a missing folder or manifest is a one-line
+    :class:`DatasetNotFoundError`."""
+    path = storage.join(directory, MANIFEST)
+    if not storage.exists(path):
+        if not storage.isdir(directory):
+            raise DatasetNotFoundError(f"prepared dataset {directory} does not exist: make it with `python -m "
+                                       f"ddpm_jax.data.prepare --source=SOURCE --out={directory}`")
         raise DatasetNotFoundError(f"{directory} has no {MANIFEST}: it is not a prepared dataset (make one with "
                                    f"`python -m ddpm_jax.data.prepare --source=SOURCE --out=DIR`)")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetFormatError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -136,29 +156,164 @@ def write_manifest(directory: str, manifest: dict) -> str:
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    """sha256 of a local or ``gs://`` file, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def verify_shards(directory: str, split: Optional[str] = None) -> Dict[str, int]:
-    """Check every shard's sha256 against the manifest (reads all files); {split: examples}. Raises
-    :class:`DatasetFormatError` naming the first bad shard."""
+    """Check every shard's sha256 against the manifest (reads all files; DIR local or ``gs://``); {split: examples}.
+    Raises :class:`DatasetFormatError` naming the first bad shard."""
     manifest = read_manifest(directory)
     out = {}
     for name, info in manifest["splits"].items():
         if split is not None and name != split:
             continue
         for shard in info["shards"]:
-            path = os.path.join(directory, shard["file"])
-            if not os.path.isfile(path):
+            path = storage.join(directory, shard["file"])
+            if not storage.isfile(path):
                 raise DatasetFormatError(f"{path} (listed in {MANIFEST}) is missing")
             if file_sha256(path) != shard["sha256"]:
                 raise DatasetFormatError(f"{path} does not match its sha256 in {MANIFEST}: prepare the dataset again")
         out[name] = info["num_examples"]
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------- staging
+
+
+def cache_root() -> str:
+    """Where ``gs://`` datasets are staged: ``$DDPM_JAX_DATASET_CACHE``, else ``~/.cache/ddpm_jax/datasets``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
+
+
+def cache_dir(remote: str, root: Optional[str] = None) -> str:
+    """The local folder staging the remote dataset ``remote``: ROOT/<sha256 of its path>."""
+    return os.path.join(root or cache_root(), hashlib.sha256(storage.resolve(remote).encode()).hexdigest())
+
+
+def read_marker(path: str) -> Optional[str]:
+    """The sha256 recorded beside the staged file ``path`` when it was verified (None: never verified)."""
+    try:
+        with open(path + VERIFIED, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_marker(path: str, sha256: str) -> None:
+    storage.write_text_atomic(path + VERIFIED, sha256 + "\n")
+
+
+def is_staged(path: str, shard: dict) -> bool:
+    """Whether the local file ``path`` is the verified copy of ``shard``: its size first, then its marker (never
+    hashed again)."""
+    return (os.path.isfile(path) and os.path.getsize(path) == shard["bytes"]
+            and read_marker(path) == shard["sha256"])
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive lock on the local file ``path`` (created if needed) for the block: one process stages a shard, the
+    others on the host wait for it and then find it staged."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def download(remote: str, local: str, expected_bytes: int, label: str) -> Tuple[str, int]:
+    """Copy the object ``remote`` to the local file ``local``, COPY_CHUNK bytes at a time; (sha256, bytes) of the
+    copy. A progress line every PROGRESS_EVERY seconds."""
+    digest, done = hashlib.sha256(), 0
+    start = last = time.time()
+    with storage.open_file(remote, "rb") as src, open(local, "wb") as dst:
+        for block in iter(lambda: src.read(COPY_CHUNK), b""):
+            dst.write(block)
+            digest.update(block)
+            done += len(block)
+            now = time.time()
+            if now - last >= PROGRESS_EVERY:
+                last = now
+                log.info("%s: %.1f/%.1f MB, %.1f MB/s", label, done / 1e6, expected_bytes / 1e6,
+                         done / 1e6 / max(now - start, 1e-9))
+    return digest.hexdigest(), done
+
+
+def stage_shard(remote_dir: str, local_dir: str, shard: dict, index: int, count: int) -> bool:
+    """Make ``local_dir/FILE`` the verified copy of ``shard`` of the remote dataset ``remote_dir``: downloaded to a
+    name unique to this process, checked against the manifest's size and sha256, renamed into place, then marked.
+    True when it was downloaded, False when already staged. A mismatch is a one-line :class:`DatasetFormatError`."""
+    path, remote = os.path.join(local_dir, shard["file"]), storage.join(remote_dir, shard["file"])
+    with file_lock(os.path.join(local_dir, f".{shard['file']}.lock")):
+        if is_staged(path, shard):
+            return False
+        storage.remove(path + VERIFIED)  # a copy of another version of the shard, if any, is replaced below
+        tmp = os.path.join(local_dir, f".{shard['file']}.tmp{os.getpid()}")
+        label, start = f"staging {remote} (shard {index}/{count})", time.time()
+        try:
+            try:
+                sha256, nbytes = download(remote, tmp, shard["bytes"], label)
+            except FileNotFoundError:
+                raise DatasetFormatError(f"{remote} (listed in {storage.join(remote_dir, MANIFEST)}) is missing") \
+                    from None
+            if nbytes != shard["bytes"]:
+                raise DatasetFormatError(f"{remote} has {nbytes} bytes, its {MANIFEST} says {shard['bytes']}: "
+                                         f"prepare the dataset again")
+            if sha256 != shard["sha256"]:
+                raise DatasetFormatError(f"{remote} does not match its sha256 in {MANIFEST}: prepare the dataset "
+                                         f"again")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        write_marker(path, sha256)
+    seconds = time.time() - start
+    log.info("%s: %.1f MB in %.1f s, %.1f MB/s", label, nbytes / 1e6, seconds, nbytes / 1e6 / max(seconds, 1e-9))
+    return True
+
+
+def staged_manifest(manifest: dict, local_dir: str) -> dict:
+    """``manifest`` restricted to the splits whose shards are all staged in ``local_dir``."""
+    splits = {name: info for name, info in manifest["splits"].items()
+              if all(is_staged(os.path.join(local_dir, s["file"]), s) for s in info["shards"])}
+    return dict(manifest, splits=splits)
+
+
+def check_free_space(remote: str, local_dir: str, shards: Sequence[dict]) -> None:
+    """Refuse (one line) to stage more than the cache's disk holds: such a dataset needs a mount."""
+    need = sum(s["bytes"] for s in shards if not is_staged(os.path.join(local_dir, s["file"]), s))
+    free = shutil.disk_usage(local_dir).free
+    if need > free:
+        raise OSError(f"staging {remote} needs {need / 1e6:,.1f} MB in {local_dir}, which has {free / 1e6:,.1f} MB "
+                      f"free: set {CACHE_ENV} to a bigger disk, or mount the bucket with gcsfuse and read "
+                      f"arrayrecord:MOUNT/PATH")
+
+
+def stage_split(remote: str, split: str, manifest: Optional[dict] = None, root: Optional[str] = None) -> str:
+    """Stage split ``split`` of the remote prepared dataset ``remote`` into its cache folder (:func:`cache_dir` under
+    ``root``, default :func:`cache_root`), downloading only the shards not staged yet. Returns the folder: a local
+    prepared dataset whose manifest lists the splits staged there."""
+    remote = storage.resolve(remote)
+    manifest = manifest or read_manifest(remote)
+    shards = manifest["splits"][split]["shards"]
+    local = cache_dir(remote, root)
+    os.makedirs(local, exist_ok=True)
+    check_free_space(remote, local, shards)
+    start, fetched, nbytes = time.time(), 0, 0
+    for i, shard in enumerate(shards, 1):
+        if stage_shard(remote, local, shard, i, len(shards)):
+            fetched, nbytes = fetched + 1, nbytes + shard["bytes"]
+    write_manifest(local, staged_manifest(manifest, local))
+    log.info("dataset %s split %s: %d shards (%.1f MB) staged in %s: %d downloaded (%.1f MB in %.1f s), %d reused",
+             remote, split, len(shards), sum(s["bytes"] for s in shards) / 1e6, local, fetched, nbytes / 1e6,
+             time.time() - start, len(shards) - fetched)
+    return local
 
 
 # ---------------------------------------------------------------------------------------------------------- source
@@ -202,7 +357,7 @@ class ArrayRecordSource:
     streaming = True
 
     def __init__(self, directory: str, split: str = "train"):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.resolve(directory)  # a gs:// one is read from its local staged copy (local_directory)
         manifest = read_manifest(self.directory)
         if split not in manifest["splits"]:
             raise DatasetNotFoundError(
@@ -216,16 +371,18 @@ class ArrayRecordSource:
         self.class_names = tuple(manifest.get("class_names") or ())
         self.has_labels, self.has_captions = bool(info["has_labels"]), bool(info["has_captions"])
         self.num_examples = int(info["num_examples"])
-        self.paths = [os.path.join(self.directory, s["file"]) for s in info["shards"]]
-        for shard, path in zip(info["shards"], self.paths):
-            if not os.path.isfile(path):
-                raise DatasetFormatError(f"{path} (listed in {os.path.join(directory, MANIFEST)}) is missing")
-            if os.path.getsize(path) != shard["bytes"]:
-                raise DatasetFormatError(f"{path} has {os.path.getsize(path)} bytes, the manifest says "
-                                         f"{shard['bytes']}: prepare the dataset again")
         if sum(s["num_records"] for s in info["shards"]) != self.num_examples or not self.num_examples:
             raise DatasetFormatError(f"{directory}: the shards of split {split!r} do not add up to its "
                                      f"{self.num_examples} examples")
+        self.local_directory = (stage_split(self.directory, split, manifest) if storage.is_remote(self.directory)
+                                else self.directory)
+        self.paths = [os.path.join(self.local_directory, s["file"]) for s in info["shards"]]
+        for shard, path in zip(info["shards"], self.paths):
+            if not os.path.isfile(path):
+                raise DatasetFormatError(f"{path} (listed in {storage.join(directory, MANIFEST)}) is missing")
+            if os.path.getsize(path) != shard["bytes"]:
+                raise DatasetFormatError(f"{path} has {os.path.getsize(path)} bytes, the manifest says "
+                                         f"{shard['bytes']}: prepare the dataset again")
         # what this split's examples are (its shards' sha256s included): another split added to DIR leaves it alone
         identity = {k: manifest.get(k) for k in ("name", "image_shape", "class_names")}
         identity.update(split=split, info=info)
@@ -312,7 +469,7 @@ class ArrayRecordSource:
 
 
 def load_arrayrecord(directory: str, split: str = "train") -> ArrayRecordSource:
-    """``arrayrecord:DIR`` of a config: one split of a prepared dataset."""
+    """``arrayrecord:DIR`` of a config: one split of a prepared dataset (DIR local or ``gs://BUCKET/PATH``)."""
     if not directory:
         raise ValueError("arrayrecord:DIR needs the folder of a prepared dataset after the colon")
     return ArrayRecordSource(directory, split)

@@ -10,6 +10,10 @@ TFDS dataset already prepared under ``--data_dir``). Examples are read one at a 
 (shuffling is the reader's, per epoch); the record format and manifest are those of :mod:`ddpm_jax.data.arrayrecord`.
 One split per command: a second command with another ``--split`` adds it to the same ``--out``. An ``--out`` that
 already holds the split, or holds files but no manifest, is refused unless ``--overwrite``.
+
+``--out=gs://BUCKET/PATH`` writes the split into a local temporary folder (``$TMPDIR``: it needs room for the split),
+then uploads each shard, streamed, and ``manifest.json`` last, so a reader never finds a manifest whose shards are
+missing; shards of a replaced split that the new one does not overwrite are deleted after that.
 """
 from __future__ import annotations
 
@@ -18,17 +22,20 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ddpm_jax import storage
 from ddpm_jax.data.arrayrecord import (FORMAT, MANIFEST, VERSION, WRITER_OPTIONS, encode_example, file_sha256,
                                        read_manifest, write_manifest)
 from ddpm_jax.data.captions import CAPTION_FILES, read_caption_file, read_image
 from ddpm_jax.data.sources import DatasetNotFoundError, load_source, open_tfds, tfds_class_names
 
 EXAMPLES_PER_SHARD = 10_000  # default shard count: one per this many examples
+UPLOAD_CHUNK = 8 << 20  # bytes per write when uploading a file to gs:// (memory stays bounded by this)
 Example = Tuple[np.ndarray, Optional[int], Optional[str]]  # (uint8 image [H, W, C], label or None, caption or None)
 
 
@@ -115,10 +122,11 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def check_output(out: str, split: str, overwrite: bool) -> Optional[dict]:
-    """The manifest already in ``out`` (None if none); refuses to replace a split or write into a foreign folder."""
-    if not os.path.isdir(out) or not os.listdir(out):
+    """The manifest already in ``out`` (local or ``gs://``; None if none); refuses to replace a split or write into a
+    foreign folder."""
+    if not storage.isdir(out) or not storage.listdir(out):
         return None
-    if not os.path.isfile(os.path.join(out, MANIFEST)):
+    if not storage.isfile(storage.join(out, MANIFEST)):
         if overwrite:
             return None
         raise OutputExistsError(f"--out={out} is not empty and holds no {MANIFEST}: refusing to write into it "
@@ -213,11 +221,49 @@ def write_split(out: str, split: str, examples: Examples, shards: Optional[int] 
     return manifest
 
 
+def upload(local: str, remote: str, chunk: int = UPLOAD_CHUNK) -> int:
+    """Copy the local file ``local`` to ``remote`` (``gs://``), ``chunk`` bytes at a time; returns its size."""
+    done = 0
+    with open(local, "rb") as src, storage.open_file(remote, "wb") as dst:
+        for block in iter(lambda: src.read(chunk), b""):
+            dst.write(block)
+            done += len(block)
+    return done
+
+
+def write_split_remote(out: str, split: str, examples: Examples, shards: Optional[int] = None,
+                       overwrite: bool = False, source: str = "", progress_every: float = 5.0, stream=None) -> dict:
+    """:func:`write_split` for ``out`` on ``gs://``: the split is written into a local temporary folder (seeded with
+    ``out``'s manifest, if any), its shards are uploaded one by one, then the manifest, then the replaced split's shards
+    that the new one did not overwrite are deleted. Returns the new manifest."""
+    stream = stream or sys.stderr
+    existing = check_output(out, split, overwrite)
+    with tempfile.TemporaryDirectory(prefix="ddpm_jax_prepare_") as tmp:
+        if existing is not None:
+            write_manifest(tmp, existing)
+        manifest = write_split(tmp, split, examples, shards, overwrite, source, progress_every)
+        files = [s["file"] for s in manifest["splits"][split]["shards"]]
+        start = time.time()
+        for i, name in enumerate(files + [MANIFEST], 1):  # the manifest last: its shards are all there before it
+            t0 = time.time()
+            nbytes = upload(os.path.join(tmp, name), storage.join(out, name))
+            seconds = max(time.time() - t0, 1e-9)
+            print(f"prepare: uploaded {i}/{len(files) + 1} {storage.join(out, name)}: {nbytes / 1e6:.1f} MB in "
+                  f"{seconds:.1f} s, {nbytes / 1e6 / seconds:.1f} MB/s", file=stream, flush=True)
+    for shard in ((existing or {}).get("splits", {}).get(split) or {}).get("shards", []):
+        if shard["file"] not in files:
+            storage.remove(storage.join(out, shard["file"]))
+    print(f"prepare: uploaded {len(files)} shards and {MANIFEST} to {out} in {time.time() - start:.1f} s", file=stream,
+          flush=True)
+    return manifest
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ddpm_jax.data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True,
                         help="digits | mnist | fashion_mnist | folder:PATH | tfds:NAME")
-    parser.add_argument("--out", required=True, help="output folder (arrayrecord:OUT in a config)")
+    parser.add_argument("--out", required=True,
+                        help="output folder or gs://BUCKET/PATH (arrayrecord:OUT in a config)")
     parser.add_argument("--split", default="train", help="train | test (digits also: all); folders have one")
     parser.add_argument("--shards", type=int, default=0,
                         help=f"number of ArrayRecord files (default: one per {EXAMPLES_PER_SHARD:,} examples)")
@@ -231,16 +277,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> dict:
     t0 = time.time()
-    check_output(args.out, args.split, args.overwrite)  # refuse before reading a large source
+    out = storage.resolve(args.out)
+    check_output(out, args.split, args.overwrite)  # refuse before reading a large source
     examples = examples_for(args.source, args.split, args.data_dir or None, args.image_size or None, args.channels)
-    manifest = write_split(args.out, args.split, examples, args.shards or None, args.overwrite, args.source)
+    write = write_split_remote if storage.is_remote(out) else write_split
+    manifest = write(out, args.split, examples, args.shards or None, args.overwrite, args.source)
     info = manifest["splits"][args.split]
     what = ", ".join(w for w, on in (("labels", info["has_labels"]), ("captions", info["has_captions"])) if on)
     print(f"prepared {args.source} split {args.split}: {info['num_examples']:,} examples "
           f"({'x'.join(map(str, manifest['image_shape']))}{', ' + what if what else ''}) in {len(info['shards'])} "
           f"shards, {sum(s['bytes'] for s in info['shards']) / 1e6:.1f} MB, in {time.time() - t0:.1f} s -> "
-          f"{os.path.join(os.path.abspath(args.out), MANIFEST)}; train with --config.data.name=arrayrecord:"
-          f"{os.path.abspath(args.out)}")
+          f"{storage.join(out, MANIFEST)}; train with --config.data.name=arrayrecord:{out}")
     return manifest
 
 
