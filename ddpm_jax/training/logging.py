@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 from ddpm_jax import storage
 from ddpm_jax.workdir import CheckpointSaveError
@@ -22,7 +22,7 @@ def setup_logging():
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.root.handlers = [handler]
     logging.root.setLevel(logging.INFO)
-    for noisy in ("absl", "jax", "orbax", "tensorstore"):
+    for noisy in ("absl", "jax", "orbax", "tensorstore", "gcsfs", "fsspec", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
