@@ -1,6 +1,7 @@
 """Task distill (issue 18): progressive distillation's rounds and two-step DDIM target, exact resume mid-round, the
 teacher checks, consistency distillation's boundary condition and multistep sampling. Tiny models on 8x8 digits."""
 import json
+import logging
 import os
 
 import jax
@@ -117,8 +118,10 @@ def test_progressive_target_is_two_guided_teacher_ddim_steps(teacher):
 
 
 @pytest.mark.slow
-def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path):
+def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path, caplog):
     cfg = student_config(teacher)
+    cfg.training.sample_every = cfg.training.num_steps  # the final grid, named by the student's own step count
+    caplog.set_level(logging.INFO, logger="ddpm_jax")
     run = build_run(cfg)
     init = run.init_params(jax.random.key(0))
     assert float(init["num_steps"]) == 8  # the student starts as the teacher, at start_steps
@@ -128,6 +131,7 @@ def test_a_round_halves_the_step_count_and_sampling_uses_it(teacher, tmp_path):
     assert_trees_equal(state.ema_params["teacher"], init["teacher"])
     assert not np.array_equal(np.asarray(jax.tree.leaves(state.params["student"])[0]),
                               np.asarray(jax.tree.leaves(init["student"])[0]))
+    assert f"samples (EMA, distill_progressive_4steps) -> {tmp_path}/samples/step_0000002.png" in caplog.text
     record = json.load(open(os.path.join(tmp_path, "distill.json")))
     assert record["rounds"] == [{"round": 0, "steps": [0, None], "teacher_steps": 8, "student_steps": 4}]
     out = sample_workdir(str(tmp_path), 4)  # the recorded config, the checkpoint's own step count

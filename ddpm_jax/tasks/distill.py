@@ -582,6 +582,9 @@ class DistillTask(Wrapper):
         x = generate_batches(fn, params, key, num, run.image_shape, min(s.batch_size, num), cond)
         return x, labels, ncols
 
+    def sample_grid(self, run, params, key, num):
+        return self.sample(run, params, key, num)  # named by the student's own step count (sampling.num_steps is 0)
+
     def sample(self, run, params, key, num, labels=None, prompts=None) -> Samples:
         x, labels, ncols = run.task.generate(run, params, key, num, labels, prompts)
         method = run.config.distill.method

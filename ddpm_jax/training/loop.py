@@ -132,11 +132,14 @@ def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
 
 
 def write_grid(run: Run, params, step: int, workdir: str) -> Optional[str]:
-    """A grid of EMA samples, ``sampling.num_grid`` images (one class or prompt per column)."""
+    """A grid of EMA samples, ``sampling.num_grid`` images (one class or prompt per column); logs what it wrote."""
     samples = run.task.sample_grid(run, params, jax.random.key(run.config.seed + 1), run.config.sampling.num_grid)
     if samples is None:
         return None
-    return save_grid(storage.join(workdir, "samples", f"step_{step:07d}.png"), samples.images, samples.ncols)
+    path = save_grid(storage.join(workdir, "samples", f"step_{step:07d}.png"), samples.images, samples.ncols)
+    s = run.config.sampling
+    log.info("samples (EMA, %s) -> %s", samples.name or f"{s.sampler}, {s.num_steps or 'all'} steps", path)
+    return path
 
 
 def finish(run: Run, state: TrainState, wd: Workdir, writer: MetricWriter, main_process: bool) -> None:
@@ -146,8 +149,6 @@ def finish(run: Run, state: TrainState, wd: Workdir, writer: MetricWriter, main_
     params = run.task.eval_params(host_params(state.ema_params))  # collective: every process takes part
     if main_process and run.task.generative and t.sample_every:
         outputs["grid"] = write_grid(run, params, t.num_steps, wd.path)
-        log.info("samples (EMA, %s, %s steps) -> %s", run.config.sampling.sampler, run.config.sampling.num_steps,
-                 outputs["grid"])
     result = run.task.final_eval(run, params) if main_process else None
     if result is not None:
         scores, line = result
@@ -272,7 +273,7 @@ def _loop(setup: TrainSetup, state, state_shardings, checkpointer, writer, wd, m
             if run.task.generative and t.sample_every and done % t.sample_every == 0 and not is_last:
                 params = host_params(state.ema_params)  # collective: every process takes part
                 if main_process:
-                    log.info("samples (EMA) -> %s", write_grid(run, params, done, wd.path))
+                    write_grid(run, params, done, wd.path)
     finally:
         preemption.close()
         if data is not None:
