@@ -38,31 +38,10 @@ def load_trained(workdir: str, config=None, use_ema: bool = True, expect_task: O
         raise ValueError(f"{workdir} holds a {config.task} run, not a {expect_task} run")
     run = build_run(config)
     expected = jax.eval_shape(run.init_params, jax.random.key(0))
-    step, state = wd.restore_for_reading(expected) if jax.process_count() == 1 else _restore_here(wd, expected)
+    step, state = wd.restore_for_reading(expected)
     run.task.check_or_write_records(run, wd.path, write=False)
     params = state["ema_params" if use_ema else "params"]
     # the run's config: the recorded one, except for tasks that build on another workdir's (a distilled student
     # runs on its teacher's model and data)
     return Trained(run.config, run, run.task.eval_params(params), int(step), wd.path)
 
-
-def _restore_here(wd: Workdir, expected_params: Any) -> tuple:
-    """(step, state) of the newest checkpoint on this process's first device, for a read-only command run by every
-    process of a ``jax.distributed`` job: restored as stored, the arrays would keep the devices they were saved from,
-    which other processes do not hold. The params' shapes come from the config (checked against the checkpoint)."""
-    checkpointer = wd.checkpointer(read_only=True)
-    try:
-        steps = checkpointer.steps()
-        try:
-            stored = checkpointer.manager.item_metadata(steps[-1]).tree if steps else None
-        except Exception:  # unreadable metadata: the one-process path reports it
-            stored = None
-        if stored is None:
-            return wd.restore_for_reading(expected_params)
-        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), stored)
-        params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), expected_params)
-        target.update(params=params, ema_params=params)
-        return checkpointer.restore_latest(target)
-    finally:
-        checkpointer.close()

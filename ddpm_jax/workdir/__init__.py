@@ -137,25 +137,36 @@ class Workdir:
         return Checkpointer(self.path, max_to_keep, async_save, read_only)
 
     def restore_for_reading(self, expected_params: Any = None) -> tuple[int, Any]:
-        """(step, state as stored) of the newest readable checkpoint, opened read-only: nothing is created, moved or
-        deleted. ``expected_params`` (abstract) is checked against the stored params first."""
+        """(step, state) of the newest readable checkpoint, opened read-only: nothing is created, moved or deleted.
+        ``expected_params`` (abstract) is checked against the stored params first.
+
+        One process restores the arrays as stored. Under ``jax.distributed`` (a read-only command run by every
+        process) each process restores the whole state onto its own first device: as stored, the arrays would keep
+        the devices they were saved from, which other processes do not hold."""
         checkpointer = self.checkpointer(read_only=True)
         try:
-            if not checkpointer.steps():
+            steps = checkpointer.steps()
+            if not steps:
                 raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with --mode=train")
-            if expected_params is not None:
-                step = checkpointer.steps()[-1]
-                try:
-                    stored = leaf_shapes(checkpointer.manager.item_metadata(step).tree)
-                except Exception:  # unreadable metadata: restore_latest reports it and falls back
-                    stored = None
-                if stored is not None:
-                    stored = {k[len("params/"):]: v for k, v in stored.items() if k.startswith("params/")}
-                    problem = describe_mismatch(stored, leaf_shapes(expected_params))
-                    if problem:
-                        raise CheckpointMismatchError(f"checkpoint {step} in {checkpointer.directory} holds another "
-                                                      f"model than this config builds ({problem})")
-            restored = checkpointer.restore_latest(None)
+            try:
+                stored_tree = checkpointer.manager.item_metadata(steps[-1]).tree
+            except Exception:  # unreadable metadata: restore_latest reports it and falls back
+                stored_tree = None
+            if expected_params is not None and stored_tree is not None:
+                stored = {k[len("params/"):]: v for k, v in leaf_shapes(stored_tree).items() if k.startswith("params/")}
+                problem = describe_mismatch(stored, leaf_shapes(expected_params))
+                if problem:
+                    raise CheckpointMismatchError(f"checkpoint {steps[-1]} in {checkpointer.directory} holds another "
+                                                  f"model than this config builds ({problem})")
+            target = None
+            if jax.process_count() > 1 and stored_tree is not None:
+                here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                on_here = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here)
+                target = jax.tree.map(on_here, stored_tree)
+                if expected_params is not None:  # the params' structure from the config
+                    params = jax.tree.map(on_here, expected_params)
+                    target.update(params=params, ema_params=params)
+            restored = checkpointer.restore_latest(target)
         finally:
             checkpointer.close()
         return restored
