@@ -19,11 +19,8 @@ Multi-process (``jax.distributed``: a TPU pod, or ``DDPM_JAX_COORDINATOR`` / ``D
 the processes and gathered in row order, and process 0 computes the metrics and writes every file: the numbers
 equal a single process's on the same seeds.
 """
-import glob
 import json
 import logging
-import os
-import sys
 import time
 
 import numpy as np
@@ -69,18 +66,20 @@ log = logging.getLogger("ddpm_jax")
 
 def load_images(path: str) -> np.ndarray:
     """uint8 [N, H, W, C] from a .npz ('images' or its only array) or a folder of image files."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
     if path.endswith(".npz"):
-        data = np.load(path)
-        images = data["images"] if "images" in data else data[data.files[0]]
+        data = storage.load_npz(path)
+        images = data["images"] if "images" in data else next(iter(data.values()))  # the first array
     else:
+        import io
+
         from PIL import Image
 
-        files = sorted(f for ext in ("png", "jpg", "jpeg") for f in glob.glob(os.path.join(path, f"*.{ext}")))
+        files = [storage.join(path, f) for f in storage.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg"))]
         if not files:
             raise FileNotFoundError(f"no .png/.jpg images in {path}")
-        images = np.stack([np.asarray(Image.open(f)) for f in files])
+        images = np.stack([np.asarray(Image.open(io.BytesIO(storage.read_bytes(f)))) for f in files])
     if images.ndim == 3:
         images = images[..., None]
     return images
@@ -171,7 +170,7 @@ def mode_stats():
         raise app.UsageError("--mode=stats needs --out=FILE.npz")
     extractor, manifest = make_extractor()
     if FLAGS.images:
-        images, what = load_images(FLAGS.images), {"images": os.path.abspath(FLAGS.images)}
+        images, what = load_images(FLAGS.images), {"images": storage.resolve(FLAGS.images)}
     elif FLAGS.data:
         source = load_source(FLAGS.data, FLAGS.split, FLAGS.data_dir)
         images = source.images if not FLAGS.image_size else resize_nearest(source.images, FLAGS.image_size)

@@ -153,3 +153,47 @@ def test_cli_train_refuse_kill_resume_sample_on_gs(bucket_dir, tmp_path):
     assert npz and any(p.endswith("_step40.png") for p in written), written
     images = storage.load_npz(storage.join(bucket_dir, "samples", npz[0]))["images"]
     assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8
+
+
+@pytest.mark.slow  # ~1 min: two Inception feature passes in subprocesses
+def test_evaluate_reads_images_and_writes_stats_on_gs(bucket_dir, tmp_path):
+    """``evaluate --mode=stats`` on a .npz and on a PNG folder in the bucket (the same images: the same statistics),
+    stats and features written to gs://, then ``--mode=distance`` between the two gs:// stats files."""
+    import io
+
+    from PIL import Image
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "golden"))
+    from inception_random_weights import random_state_dict
+    from ddpm_jax.evaluation.convert_inception import save_state_dict_npz
+
+    golden = np.load(os.path.join(ROOT, "tests", "golden", "inception_pytorch_fid.npz"))
+    weights = str(tmp_path / "pt_inception_random.npz")  # weights stay local paths
+    save_state_dict_npz(random_state_dict(json.loads(str(golden["shapes_json"])), int(golden["seed"])), weights)
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    storage.save_npz(storage.join(bucket_dir, "a.npz"), images=images)
+    for i, image in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        storage.write_bytes_atomic(storage.join(bucket_dir, "pngs", f"{i:03d}.png"), buf.getvalue())
+
+    def evaluate(*args):
+        result = subprocess.run([sys.executable, "-m", "ddpm_jax.evaluate", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+
+    outs = {}
+    for name, source in (("npz", storage.join(bucket_dir, "a.npz")), ("png", storage.join(bucket_dir, "pngs"))):
+        outs[name] = storage.join(bucket_dir, f"stats_{name}.npz")
+        evaluate("--mode=stats", "--features=inception", "--inception_weights=" + weights, "--images=" + source,
+                 "--out=" + outs[name], "--batch_size=5", "--save_features")
+    from ddpm_jax.evaluation.stats_file import load_stats
+
+    (mu_a, sigma_a, manifest), (mu_b, sigma_b, _) = load_stats(outs["npz"]), load_stats(outs["png"])
+    assert manifest["image_count"] == 5 and mu_a.shape == (2048,)
+    np.testing.assert_array_equal(mu_a, mu_b)
+    np.testing.assert_array_equal(sigma_a, sigma_b)
+    assert storage.exists(storage.join(bucket_dir, "stats_npz_features.npy"))
+    distance = evaluate("--mode=distance", "--stats_a=" + outs["npz"], "--stats_b=" + outs["png"])
+    assert distance["fid"] == pytest.approx(0, abs=1e-6) and "kid" in distance
