@@ -12,6 +12,17 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ddpm_jax_test_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The tests' programs are tiny and compile far longer than they run: XLA's CPU backend without LLVM optimisation
+# compiles them about twice as fast (a cold default suite is mostly compilation). Subprocesses inherit it; tests that
+# set their own XLA_FLAGS keep it with subprocess_xla_flags().
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+
+
+def subprocess_xla_flags(*extra: str) -> str:
+    """XLA_FLAGS for a test subprocess: the tests' compile setting plus ``extra`` (e.g. a host device count)."""
+    return " ".join((TEST_XLA_FLAGS,) + extra)
 
 
 def tiny_config(**overrides):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import subprocess_xla_flags
 from ddpm_jax.evaluation.convert_inception import save_state_dict_npz
 from ddpm_jax.evaluation.features import InceptionFeatures
 from ddpm_jax.evaluation.resize import resize_bilinear
@@ -216,7 +217,8 @@ print(np.abs(pool3 - data["pool3"]).max() / np.abs(data["pool3"]).max())
 
 
 def test_features_sharded_over_two_devices_match_pytorch_fid():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=2"),
+               JAX_PLATFORMS="cpu",
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", SHARDED_CHECK.format(golden_dir=GOLDEN_DIR)], env=env,
                          capture_output=True, text=True, timeout=300)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, subprocess_xla_flags  # noqa: E402
 
 
 def cpu_env(**extra):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
+    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=subprocess_xla_flags(), **extra)
 
 
 def free_port():

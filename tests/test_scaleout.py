@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, subprocess_xla_flags, tiny_config
 from ddpm_jax import diffusion
 from ddpm_jax.data import make_pipeline
 from ddpm_jax.training import distributed, loop
@@ -25,7 +25,7 @@ TINY_CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
 
 def cpu_env(**extra):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
+    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=subprocess_xla_flags(), **extra)
 
 
 def train_cmd(workdir, overrides):

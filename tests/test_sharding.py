@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_xla_flags
 from ddpm_jax.training import sharding
 
 
 @pytest.mark.slow  # default suite < 8 min on 2 cores (issue 16); runs in CI (--runslow)
 def test_one_step_on_8_devices_matches_1_device():
     script = os.path.join(ROOT, "tests", "multidevice_step.py")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, XLA_FLAGS=subprocess_xla_flags())
     result = subprocess.run([sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
